@@ -1,0 +1,868 @@
+//! Configuration: the TOML file is parsed once into raw serde structs ([`raw`]) and then
+//! validated into the runtime types below. Nothing past this module sees a raw string:
+//! addresses are parsed, durations are [`Duration`]s, files are loaded and checked.
+//!
+//! Relative file paths are resolved against the directory of the config file, so a config
+//! works the same whatever directory the proxy is started from.
+
+mod error;
+mod raw;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+use http::uri::{Authority, Scheme, Uri};
+use ipnet::IpNet;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use toml::Spanned;
+
+use error::SourceMap;
+pub use error::{ConfigError, ConfigErrors};
+use raw::*;
+
+use crate::routes::{self, HostPattern};
+
+#[derive(Debug)]
+pub struct Config {
+    pub source: PathBuf,
+    pub server: Server,
+    pub log: Log,
+    pub headers: IdentityHeaders,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug)]
+pub struct Server {
+    pub listen: Vec<SocketAddr>,
+    pub trusted_proxies: Vec<IpNet>,
+    /// Scheme and authority used to build absolute redirects; never taken from `Host`.
+    pub public_url: Option<Uri>,
+    pub shutdown_grace: Duration,
+    pub tls: Option<Tls>,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+}
+
+#[derive(Debug)]
+pub struct Tls {
+    pub source: TlsSource,
+    pub min_version: TlsVersion,
+}
+
+#[derive(Debug)]
+pub enum TlsSource {
+    Files {
+        cert_path: PathBuf,
+        key_path: PathBuf,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    },
+    SelfSigned(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub handshake: Duration,
+    pub header_read: Duration,
+    pub idle: Duration,
+    pub upstream_connect: Duration,
+    pub upstream_response: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    /// `None` means unlimited (and streamed).
+    pub max_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub format: LogFormat,
+    pub level: String,
+    pub access_log: bool,
+}
+
+/// The headers through which the upstream learns who the user is. Client-supplied copies
+/// of every one of them are stripped on every request.
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    pub user: HeaderName,
+    pub email: HeaderName,
+    pub groups: HeaderName,
+    pub preferred_username: HeaderName,
+    pub forward_authorization: bool,
+    /// header -> claim
+    pub extra: Vec<(HeaderName, String)>,
+}
+
+impl IdentityHeaders {
+    pub fn all_names(&self) -> impl Iterator<Item = &HeaderName> {
+        [
+            &self.user,
+            &self.email,
+            &self.groups,
+            &self.preferred_username,
+        ]
+        .into_iter()
+        .chain(self.extra.iter().map(|(h, _)| h))
+    }
+}
+
+#[derive(Debug)]
+pub struct RouteConfig {
+    pub host: Option<HostPattern>,
+    /// Normalised prefix, without a trailing slash unless it is `/`.
+    pub path: String,
+    pub upstream: UpstreamTarget,
+    pub auth: RouteAuth,
+}
+
+#[derive(Debug)]
+pub enum UpstreamTarget {
+    Http {
+        scheme: Scheme,
+        authority: Authority,
+        /// Prepended to the forwarded path; empty when the URL has no path.
+        base_path: String,
+        extra_roots: Vec<CertificateDer<'static>>,
+    },
+    Unix {
+        socket: PathBuf,
+    },
+    Echo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAuth {
+    Required,
+    Public,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: None,
+                key: String::new(),
+                message: format!("cannot read config file: {e}"),
+            }])
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates `text` as if it had been read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let map = SourceMap::new(path, text);
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigErrors(vec![map.from_toml(&e)]))?;
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut v = Validator {
+            map,
+            base_dir,
+            errors: Vec::new(),
+        };
+        let config = v.config(raw);
+        if v.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(v.errors))
+        }
+    }
+}
+
+struct Validator<'a> {
+    map: SourceMap<'a>,
+    base_dir: PathBuf,
+    errors: Vec<ConfigError>,
+}
+
+fn span_of<T>(s: &Spanned<T>) -> Option<Range<usize>> {
+    Some(s.span())
+}
+
+impl Validator<'_> {
+    fn fail(&mut self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) {
+        let e = self.map.error(span, key, message);
+        self.errors.push(e);
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        for (section, value) in [
+            ("admin", &raw.admin),
+            ("auth", &raw.auth),
+            ("rate_limit", &raw.rate_limit),
+            ("cors", &raw.cors),
+        ] {
+            if let Some(v) = value {
+                self.fail(
+                    span_of(v),
+                    section,
+                    "this section is not supported by this version of sallyport yet",
+                );
+            }
+        }
+        let server = match raw.server {
+            Some(s) => self.server(s.into_inner()),
+            None => self.server(RawServer {
+                listen: None,
+                trusted_proxies: Vec::new(),
+                public_url: None,
+                shutdown_grace: None,
+                tls: None,
+                timeouts: RawTimeouts::default(),
+                limits: RawLimits::default(),
+            }),
+        };
+        let log = self.log(raw.log);
+        let headers = self.headers(raw.headers);
+        let mut routes = Vec::new();
+        for (i, r) in raw.route.into_iter().enumerate() {
+            if let Some(route) = self.route(i, r) {
+                routes.push(route);
+            }
+        }
+        if routes.is_empty() && self.errors.is_empty() {
+            self.fail(None, "route", "at least one [[route]] is required");
+        }
+        Config {
+            source: self.map.file.to_path_buf(),
+            server,
+            log,
+            headers,
+            routes,
+        }
+    }
+
+    fn duration(&mut self, raw: Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
+        let Some(raw) = raw else { return default };
+        match humantime::parse_duration(raw.get_ref().trim()) {
+            Ok(d) => d,
+            Err(_) => {
+                self.fail(
+                    span_of(&raw),
+                    key,
+                    "not a duration (write e.g. \"90s\", \"15m\", \"12h\")",
+                );
+                default
+            }
+        }
+    }
+
+    fn positive_duration(
+        &mut self,
+        raw: Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        let span = raw.as_ref().map(|r| r.span());
+        let d = self.duration(raw, key, default);
+        if d.is_zero() {
+            self.fail(span, key, "must be greater than zero");
+            return default;
+        }
+        d
+    }
+
+    fn file(&mut self, raw: &Spanned<String>, key: &str) -> Option<PathBuf> {
+        let path = self.base_dir.join(raw.get_ref());
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => Some(path),
+            Ok(_) => {
+                self.fail(
+                    span_of(raw),
+                    key,
+                    format!("{} is not a regular file", path.display()),
+                );
+                None
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.fail(
+                    span_of(raw),
+                    key,
+                    format!("file not found: {}", path.display()),
+                );
+                None
+            }
+            Err(e) => {
+                self.fail(
+                    span_of(raw),
+                    key,
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                None
+            }
+        }
+    }
+
+    fn server(&mut self, raw: RawServer) -> Server {
+        let listen = match raw.listen {
+            None => vec![SocketAddr::from(([0, 0, 0, 0], 8443))],
+            Some(list) => {
+                let span = list.span();
+                let mut out = Vec::new();
+                for addr in list.into_inner() {
+                    match addr.get_ref().trim().parse::<SocketAddr>() {
+                        Ok(a) if !out.contains(&a) => out.push(a),
+                        Ok(_) => self.fail(span_of(&addr), "server.listen", "address listed twice"),
+                        Err(_) => self.fail(
+                            span_of(&addr),
+                            "server.listen",
+                            "not an IP:port address (write \"0.0.0.0:8443\" or \"[::]:8443\")",
+                        ),
+                    }
+                }
+                if out.is_empty() && self.errors.is_empty() {
+                    self.fail(
+                        Some(span),
+                        "server.listen",
+                        "at least one address is required",
+                    );
+                }
+                out
+            }
+        };
+
+        let mut trusted_proxies = Vec::new();
+        for cidr in &raw.trusted_proxies {
+            let text = cidr.get_ref().trim();
+            let parsed = text
+                .parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => trusted_proxies.push(net.trunc()),
+                Err(_) => self.fail(
+                    span_of(cidr),
+                    "server.trusted_proxies",
+                    "not a CIDR or IP address",
+                ),
+            }
+        }
+
+        let public_url = raw.public_url.and_then(|u| {
+            match u.get_ref().trim().parse::<Uri>() {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.authority().is_some()
+                        && matches!(uri.path(), "" | "/")
+                        && uri.query().is_none() =>
+                {
+                    Some(uri)
+                }
+                _ => {
+                    self.fail(
+                        span_of(&u),
+                        "server.public_url",
+                        "must be an absolute http(s) URL with no path, e.g. \"https://app.example.com\"",
+                    );
+                    None
+                }
+            }
+        });
+
+        let shutdown_grace = self.duration(
+            raw.shutdown_grace,
+            "server.shutdown_grace",
+            Duration::from_secs(30),
+        );
+        let tls = raw.tls.and_then(|t| self.tls(t));
+        let t = raw.timeouts;
+        let timeouts = Timeouts {
+            handshake: self.positive_duration(
+                t.handshake,
+                "server.timeouts.handshake",
+                Duration::from_secs(10),
+            ),
+            header_read: self.positive_duration(
+                t.header_read,
+                "server.timeouts.header_read",
+                Duration::from_secs(10),
+            ),
+            idle: self.positive_duration(t.idle, "server.timeouts.idle", Duration::from_secs(60)),
+            upstream_connect: self.positive_duration(
+                t.upstream_connect,
+                "server.timeouts.upstream_connect",
+                Duration::from_secs(5),
+            ),
+            upstream_response: self.positive_duration(
+                t.upstream_response,
+                "server.timeouts.upstream_response",
+                Duration::from_secs(60),
+            ),
+        };
+        let limits = self.limits(raw.limits);
+        Server {
+            listen,
+            trusted_proxies,
+            public_url,
+            shutdown_grace,
+            tls,
+            timeouts,
+            limits,
+        }
+    }
+
+    fn tls(&mut self, raw: Spanned<RawTls>) -> Option<Tls> {
+        let table_span = raw.span();
+        let raw = raw.into_inner();
+        let min_version = match raw.min_version.as_ref().map(|v| v.get_ref().trim()) {
+            None | Some("1.2") => TlsVersion::Tls12,
+            Some("1.3") => TlsVersion::Tls13,
+            Some(_) => {
+                self.fail(
+                    raw.min_version.as_ref().and_then(span_of),
+                    "server.tls.min_version",
+                    "must be \"1.2\" or \"1.3\"",
+                );
+                TlsVersion::Tls12
+            }
+        };
+        let source = match (raw.cert, raw.key, raw.self_signed) {
+            (None, None, Some(names)) => {
+                let span = names.span();
+                let mut out = Vec::new();
+                for n in names.into_inner() {
+                    let name = n.get_ref().trim().to_ascii_lowercase();
+                    if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '/') {
+                        self.fail(
+                            span_of(&n),
+                            "server.tls.self_signed",
+                            "not a DNS name or IP address",
+                        );
+                    } else {
+                        out.push(name);
+                    }
+                }
+                if out.is_empty() {
+                    self.fail(
+                        Some(span),
+                        "server.tls.self_signed",
+                        "list at least one name, e.g. [\"localhost\"]",
+                    );
+                    return None;
+                }
+                TlsSource::SelfSigned(out)
+            }
+            (Some(cert), Some(key), None) => {
+                let cert_path = self.file(&cert, "server.tls.cert");
+                let key_path = self.file(&key, "server.tls.key");
+                let (cert_path, key_path) = (cert_path?, key_path?);
+                let chain = match load_cert_chain(&cert_path) {
+                    Ok(c) => c,
+                    Err(m) => {
+                        self.fail(span_of(&cert), "server.tls.cert", m);
+                        return None;
+                    }
+                };
+                let key_der = match PrivateKeyDer::from_pem_file(&key_path) {
+                    Ok(k) => k,
+                    Err(_) => {
+                        // The parser's error could quote key material; say only what is wrong.
+                        self.fail(
+                            span_of(&key),
+                            "server.tls.key",
+                            "no PEM private key (PKCS#8, PKCS#1 or SEC1) found in file",
+                        );
+                        return None;
+                    }
+                };
+                TlsSource::Files {
+                    cert_path,
+                    key_path,
+                    chain,
+                    key: key_der,
+                }
+            }
+            (Some(_), Some(_), Some(s)) => {
+                self.fail(
+                    span_of(&s),
+                    "server.tls.self_signed",
+                    "give either cert + key or self_signed, not both",
+                );
+                return None;
+            }
+            (Some(_), None, _) => {
+                self.fail(
+                    Some(table_span),
+                    "server.tls.key",
+                    "cert is set but key is missing",
+                );
+                return None;
+            }
+            (None, Some(_), _) => {
+                self.fail(
+                    Some(table_span),
+                    "server.tls.cert",
+                    "key is set but cert is missing",
+                );
+                return None;
+            }
+            (None, None, None) => {
+                self.fail(
+                    Some(table_span),
+                    "server.tls",
+                    "set cert and key, or self_signed = [\"localhost\"] for development (remove the section for plain HTTP)",
+                );
+                return None;
+            }
+        };
+        Some(Tls {
+            source,
+            min_version,
+        })
+    }
+
+    fn limits(&mut self, raw: RawLimits) -> Limits {
+        let max_connections = match raw.max_connections {
+            None => 10_000,
+            Some(v) if *v.get_ref() == 0 => {
+                self.fail(
+                    span_of(&v),
+                    "server.limits.max_connections",
+                    "must be at least 1",
+                );
+                10_000
+            }
+            Some(v) => usize::try_from(*v.get_ref()).unwrap_or(usize::MAX),
+        };
+        let max_header_bytes = match raw.max_header_bytes {
+            None => 16_384,
+            // hyper cannot parse with a read buffer under 8 KiB.
+            Some(v) if !(8192..=1 << 20).contains(v.get_ref()) => {
+                self.fail(
+                    span_of(&v),
+                    "server.limits.max_header_bytes",
+                    "must be between 8192 and 1048576",
+                );
+                16_384
+            }
+            Some(v) => *v.get_ref() as usize,
+        };
+        let max_body_bytes = raw.max_body_bytes.map(|v| *v.get_ref()).filter(|&v| v > 0);
+        Limits {
+            max_connections,
+            max_header_bytes,
+            max_body_bytes,
+        }
+    }
+
+    fn log(&mut self, raw: RawLog) -> Log {
+        let format = match raw.format.as_ref().map(|f| f.get_ref().trim()) {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(_) => {
+                self.fail(
+                    raw.format.as_ref().and_then(span_of),
+                    "log.format",
+                    "must be \"text\" or \"json\"",
+                );
+                LogFormat::Text
+            }
+        };
+        let level = match raw.level {
+            None => "info".to_string(),
+            Some(l) => {
+                let text = l.get_ref().trim().to_string();
+                if tracing_subscriber::EnvFilter::try_new(&text).is_err() {
+                    self.fail(
+                        span_of(&l),
+                        "log.level",
+                        "not a level (error, warn, info, debug, trace) or filter directive",
+                    );
+                    "info".to_string()
+                } else {
+                    text
+                }
+            }
+        };
+        Log {
+            format,
+            level,
+            access_log: raw.access_log.unwrap_or(true),
+        }
+    }
+
+    fn header_name(
+        &mut self,
+        raw: Option<Spanned<String>>,
+        key: &str,
+        default: &'static str,
+    ) -> HeaderName {
+        let Some(raw) = raw else {
+            return HeaderName::from_static(default);
+        };
+        match HeaderName::try_from(raw.get_ref().trim()) {
+            Ok(h) => h,
+            Err(_) => {
+                self.fail(span_of(&raw), key, "not a valid HTTP header name");
+                HeaderName::from_static(default)
+            }
+        }
+    }
+
+    fn headers(&mut self, raw: RawHeaders) -> IdentityHeaders {
+        let user = self.header_name(raw.user, "headers.user", "x-forwarded-user");
+        let email = self.header_name(raw.email, "headers.email", "x-forwarded-email");
+        let groups = self.header_name(raw.groups, "headers.groups", "x-forwarded-groups");
+        let preferred_username = self.header_name(
+            raw.preferred_username,
+            "headers.preferred_username",
+            "x-forwarded-preferred-username",
+        );
+        let mut extra = Vec::new();
+        if let Some(map) = raw.extra {
+            let span = map.span();
+            let map: BTreeMap<String, String> = map.into_inner();
+            for (header, claim) in map {
+                match HeaderName::try_from(header.trim()) {
+                    Ok(h) if !claim.trim().is_empty() => extra.push((h, claim.trim().to_string())),
+                    Ok(_) => self.fail(
+                        Some(span.clone()),
+                        "headers.extra",
+                        format!("{header}: claim name is empty"),
+                    ),
+                    Err(_) => self.fail(
+                        Some(span.clone()),
+                        "headers.extra",
+                        format!("{header}: not a valid HTTP header name"),
+                    ),
+                }
+            }
+        }
+        IdentityHeaders {
+            user,
+            email,
+            groups,
+            preferred_username,
+            forward_authorization: raw.forward_authorization.unwrap_or(false),
+            extra,
+        }
+    }
+
+    fn route(&mut self, index: usize, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
+        let route_span = raw.span();
+        let raw = raw.into_inner();
+        let key = |field: &str| format!("route[{index}].{field}");
+        let mut ok = true;
+
+        for (name, value) in [
+            ("allow_users", &raw.allow_users),
+            ("allow_groups", &raw.allow_groups),
+            ("allow_email_domains", &raw.allow_email_domains),
+            ("require_scopes", &raw.require_scopes),
+            ("require_claims", &raw.require_claims),
+            ("methods", &raw.methods),
+        ] {
+            if let Some(v) = value {
+                self.fail(
+                    span_of(v),
+                    &key(name),
+                    "authorization rules are not supported by this version of sallyport yet",
+                );
+                ok = false;
+            }
+        }
+
+        let path = match &raw.path {
+            None => {
+                self.fail(
+                    Some(route_span.clone()),
+                    &key("path"),
+                    "missing (use \"/\" to match everything)",
+                );
+                None
+            }
+            Some(p) => match routes::normalize_route_prefix(p.get_ref()) {
+                Ok(norm) => Some(norm),
+                Err(why) => {
+                    self.fail(span_of(p), &key("path"), why);
+                    None
+                }
+            },
+        };
+
+        let host = raw
+            .host
+            .as_ref()
+            .and_then(|h| match HostPattern::parse(h.get_ref()) {
+                Ok(p) => Some(p),
+                Err(why) => {
+                    self.fail(span_of(h), &key("host"), why);
+                    ok = false;
+                    None
+                }
+            });
+
+        let auth = match raw.auth.as_ref().map(|a| a.get_ref().trim()) {
+            None | Some("required") => {
+                self.fail(
+                    raw.auth.as_ref().map(|a| a.span()).or(Some(route_span.clone())),
+                    &key("auth"),
+                    "auth = \"required\" needs an [auth.*] scheme, which this version does not support yet; use auth = \"public\"",
+                );
+                ok = false;
+                RouteAuth::Required
+            }
+            Some("public") => RouteAuth::Public,
+            Some(_) => {
+                self.fail(
+                    raw.auth.as_ref().and_then(span_of),
+                    &key("auth"),
+                    "must be \"required\" or \"public\"",
+                );
+                ok = false;
+                RouteAuth::Required
+            }
+        };
+
+        let upstream = match &raw.upstream {
+            None => {
+                self.fail(
+                    Some(route_span),
+                    &key("upstream"),
+                    "missing (http://, https://, unix:/path.sock or builtin:echo)",
+                );
+                None
+            }
+            Some(u) => self.upstream(
+                u,
+                raw.upstream_ca.as_ref(),
+                &key("upstream"),
+                &key("upstream_ca"),
+            ),
+        };
+        if raw.upstream_ca.is_some()
+            && !matches!(upstream, Some(UpstreamTarget::Http { ref scheme, .. }) if *scheme == Scheme::HTTPS)
+        {
+            self.fail(
+                raw.upstream_ca.as_ref().and_then(span_of),
+                &key("upstream_ca"),
+                "only applies to an https:// upstream",
+            );
+            ok = false;
+        }
+        if !ok {
+            return None;
+        }
+        Some(RouteConfig {
+            host,
+            path: path?,
+            upstream: upstream?,
+            auth,
+        })
+    }
+
+    fn upstream(
+        &mut self,
+        raw: &Spanned<String>,
+        ca: Option<&Spanned<String>>,
+        key: &str,
+        ca_key: &str,
+    ) -> Option<UpstreamTarget> {
+        let text = raw.get_ref().trim();
+        if text == "builtin:echo" {
+            return Some(UpstreamTarget::Echo);
+        }
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                self.fail(
+                    span_of(raw),
+                    key,
+                    "unix: needs a socket path, e.g. unix:/run/app.sock",
+                );
+                return None;
+            }
+            // The socket may not exist yet at start (the app starts beside us); a missing
+            // socket is a 502 at request time, like a refused TCP port.
+            return Some(UpstreamTarget::Unix {
+                socket: self.base_dir.join(path),
+            });
+        }
+        let uri = match text.parse::<Uri>() {
+            Ok(u) => u,
+            Err(_) => {
+                self.fail(
+                    span_of(raw),
+                    key,
+                    "not a URL (http://, https://, unix:/path.sock or builtin:echo)",
+                );
+                return None;
+            }
+        };
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::HTTP,
+            Some("https") => Scheme::HTTPS,
+            _ => {
+                self.fail(
+                    span_of(raw),
+                    key,
+                    "scheme must be http://, https://, unix: or builtin:echo",
+                );
+                return None;
+            }
+        };
+        let Some(authority) = uri.authority().cloned() else {
+            self.fail(span_of(raw), key, "URL has no host");
+            return None;
+        };
+        if authority.as_str().contains('@') {
+            self.fail(
+                span_of(raw),
+                key,
+                "credentials in the upstream URL are not supported",
+            );
+            return None;
+        }
+        if uri.query().is_some() {
+            self.fail(span_of(raw), key, "an upstream URL cannot have a query");
+            return None;
+        }
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        let mut extra_roots = Vec::new();
+        if let Some(ca) = ca {
+            if let Some(path) = self.file(ca, ca_key) {
+                match load_cert_chain(&path) {
+                    Ok(c) => extra_roots = c,
+                    Err(m) => self.fail(span_of(ca), ca_key, m),
+                }
+            }
+        }
+        Some(UpstreamTarget::Http {
+            scheme,
+            authority,
+            base_path,
+            extra_roots,
+        })
+    }
+}
+
+fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Result<Vec<_>, _> = match CertificateDer::pem_file_iter(path) {
+        Ok(iter) => iter.collect(),
+        Err(_) => return Err("cannot read PEM certificates from file".into()),
+    };
+    match certs {
+        Ok(c) if !c.is_empty() => Ok(c),
+        Ok(_) => Err("no PEM CERTIFICATE block found in file".into()),
+        Err(_) => Err("malformed PEM certificate in file".into()),
+    }
+}

@@ -1,0 +1,104 @@
+//! The config file exactly as written. Every struct denies unknown keys, and every value
+//! that validation can reject keeps its span so the error can name the line.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: Option<Spanned<RawServer>>,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub headers: RawHeaders,
+    /// Sections whose features have not landed yet: accepted by the parser so the error can
+    /// say "not supported yet" instead of "unknown key".
+    pub admin: Option<Spanned<toml::Value>>,
+    pub auth: Option<Spanned<toml::Value>>,
+    pub rate_limit: Option<Spanned<toml::Value>>,
+    pub cors: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub route: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    pub public_url: Option<Spanned<String>>,
+    pub shutdown_grace: Option<Spanned<String>>,
+    pub tls: Option<Spanned<RawTls>>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub self_signed: Option<Spanned<Vec<Spanned<String>>>>,
+    pub min_version: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub handshake: Option<Spanned<String>>,
+    pub header_read: Option<Spanned<String>>,
+    pub idle: Option<Spanned<String>>,
+    pub upstream_connect: Option<Spanned<String>>,
+    pub upstream_response: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Option<Spanned<u64>>,
+    pub max_header_bytes: Option<Spanned<u64>>,
+    pub max_body_bytes: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<Spanned<String>>,
+    pub level: Option<Spanned<String>>,
+    pub access_log: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaders {
+    pub user: Option<Spanned<String>>,
+    pub email: Option<Spanned<String>>,
+    pub groups: Option<Spanned<String>>,
+    pub preferred_username: Option<Spanned<String>>,
+    pub forward_authorization: Option<bool>,
+    pub extra: Option<Spanned<BTreeMap<String, String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub path: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub upstream: Option<Spanned<String>>,
+    /// PEM file of extra CA certificates trusted for an `https://` upstream.
+    pub upstream_ca: Option<Spanned<String>>,
+    pub auth: Option<Spanned<String>>,
+    // Authorization rules arrive with the policy issue; named here so the error is precise.
+    pub allow_users: Option<Spanned<toml::Value>>,
+    pub allow_groups: Option<Spanned<toml::Value>>,
+    pub allow_email_domains: Option<Spanned<toml::Value>>,
+    pub require_scopes: Option<Spanned<toml::Value>>,
+    pub require_claims: Option<Spanned<toml::Value>>,
+    pub methods: Option<Spanned<toml::Value>>,
+}

@@ -1,0 +1,30 @@
+//! sallyport: an authenticating reverse proxy.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML file -> validated runtime types (the request path never sees a
+//!   raw string).
+//! - [`server`]: listeners, TLS, HTTP/1.1 + HTTP/2, timeouts, connection cap, graceful
+//!   shutdown.
+//! - [`gate`]: the request pipeline, readable top to bottom as one story.
+//! - [`client_ip`]: trusted-proxy aware client address.
+//! - [`routes`]: path normalisation and the route table.
+//! - [`proxy`]: upstream clients, header rewriting, streaming, upgrades, `builtin:echo`.
+//! - [`respond`]: the one place failures become 4xx/5xx responses.
+//! - [`logging`]: tracing subscriber setup (text or JSON).
+#![forbid(unsafe_code)]
+
+pub mod client_ip;
+pub mod config;
+pub mod gate;
+pub mod logging;
+pub mod proxy;
+pub mod respond;
+pub mod routes;
+pub mod server;
+
+/// Installs aws-lc-rs as the process-wide rustls provider, for any code path that asks
+/// for the default; our own configs name the provider explicitly anyway.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -1,0 +1,268 @@
+//! Header rewriting for forwarded requests and relayed responses.
+//!
+//! Two rules hold on every request, public routes included:
+//! 1. hop-by-hop headers, and every header the `Connection` field names, are removed
+//!    (hyper does not do this for a server);
+//! 2. every header the proxy itself vouches for (identity, `X-Forwarded-*`, `X-Real-IP`,
+//!    `X-Request-Id`, `Forwarded`) is stripped in every spelling a backend might fold into
+//!    the same name (`X-Forwarded-User`, `x_forwarded_user`, `X.Forwarded.User`, any case,
+//!    any number of copies) and then set by us. Strip-then-set happens in [`rewrite_request`]
+//!    and nowhere else.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE};
+
+/// Headers that describe one connection, never the message (RFC 9110 7.6.1), plus the
+/// legacy ones proxies have always treated the same way.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Headers the proxy sets itself; client copies never pass.
+const PROXY_OWNED: [&str; 11] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-uri",
+    "x-forwarded-method",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-real-ip",
+    "x-request-id",
+    "forwarded",
+];
+
+/// The form under which backends (CGI, WSGI, PHP, Rack...) may fold header names together:
+/// case, `-`, `_` and `.` are all ignored.
+pub fn canonical(name: &str) -> String {
+    name.bytes()
+        .filter(|b| !matches!(b, b'-' | b'_' | b'.'))
+        .map(|b| char::from(b.to_ascii_lowercase()))
+        .collect()
+}
+
+/// The set of canonical names that clients may never send through.
+#[derive(Debug, Clone)]
+pub struct ManagedHeaders {
+    canonical: HashSet<String>,
+}
+
+impl ManagedHeaders {
+    pub fn new<'a>(identity: impl Iterator<Item = &'a HeaderName>) -> Self {
+        let mut names: HashSet<String> = PROXY_OWNED.iter().map(|h| canonical(h)).collect();
+        names.extend(identity.map(|h| canonical(h.as_str())));
+        Self { canonical: names }
+    }
+
+    fn is_managed(&self, name: &HeaderName) -> bool {
+        self.canonical.contains(&canonical(name.as_str()))
+    }
+}
+
+fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+        .collect()
+}
+
+/// Whether this HTTP/1.1 request asks to switch protocols (e.g. WebSocket).
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE) && connection_tokens(headers).iter().any(|t| t == "upgrade")
+}
+
+/// Removes hop-by-hop headers. When `keep_upgrade` is set the `Upgrade` header and a bare
+/// `Connection: upgrade` survive, so a protocol switch can be relayed.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let upgrade = if keep_upgrade {
+        headers.get(UPGRADE).cloned()
+    } else {
+        None
+    };
+    for name in connection_tokens(headers) {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(upgrade) = upgrade {
+        headers.insert(UPGRADE, upgrade);
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// What the proxy knows about the client side of one request.
+pub struct ForwardedFacts<'a> {
+    pub peer: IpAddr,
+    pub peer_trusted: bool,
+    pub client_ip: IpAddr,
+    pub proto: &'static str,
+    pub host: Option<&'a str>,
+    pub request_id: &'a str,
+}
+
+/// Strip-then-set for one forwarded request. Values a trusted proxy sent are read before
+/// stripping and carried on; from anyone else they are discarded.
+pub fn rewrite_request(
+    headers: &mut HeaderMap,
+    managed: &ManagedHeaders,
+    facts: &ForwardedFacts<'_>,
+    keep_upgrade: bool,
+) {
+    let trusted_value = |headers: &HeaderMap, name: &str| -> Option<String> {
+        if !facts.peer_trusted {
+            return None;
+        }
+        let joined: Vec<&str> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (!joined.is_empty()).then(|| joined.join(", "))
+    };
+    let prior_for = trusted_value(headers, "x-forwarded-for");
+    let prior_proto = trusted_value(headers, "x-forwarded-proto");
+    let prior_host = trusted_value(headers, "x-forwarded-host");
+    let prior_forwarded = trusted_value(headers, "forwarded");
+
+    strip_hop_by_hop(headers, keep_upgrade);
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| managed.is_managed(n))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+
+    let peer = facts.peer.to_canonical().to_string();
+    let xff = match prior_for {
+        Some(prior) => format!("{prior}, {peer}"),
+        None => peer,
+    };
+    set(headers, "x-forwarded-for", &xff);
+    let proto = prior_proto
+        .as_deref()
+        .and_then(|p| p.split(',').next())
+        .map(str::trim)
+        .filter(|p| matches!(*p, "http" | "https"))
+        .unwrap_or(facts.proto);
+    set(headers, "x-forwarded-proto", proto);
+    if let Some(host) = prior_host.as_deref().or(facts.host) {
+        set(headers, "x-forwarded-host", host);
+    }
+    if let Some(fwd) = prior_forwarded {
+        set(headers, "forwarded", &fwd);
+    }
+    set(headers, "x-real-ip", &facts.client_ip.to_string());
+    set(headers, "x-request-id", facts.request_id);
+    if let Some(host) = facts.host {
+        set(headers, HOST.as_str(), host);
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    // Every value here is an address, a token or a header value we already accepted, so it
+    // is always valid; skipping rather than panicking keeps that an assumption, not a crash.
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(HeaderName::from_static(name), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn managed() -> ManagedHeaders {
+        let user = HeaderName::from_static("x-forwarded-user");
+        let email = HeaderName::from_static("x-forwarded-email");
+        ManagedHeaders::new([&user, &email].into_iter())
+    }
+
+    #[test]
+    fn identity_headers_go_in_every_spelling() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-forwarded-user",
+            "x_forwarded_user",
+            "x.forwarded.user",
+            "xforwardeduser",
+            "x-forwarded_email",
+        ] {
+            h.append(
+                HeaderName::try_from(name).unwrap(),
+                HeaderValue::from_static("admin"),
+            );
+        }
+        h.append("x-forwarded-user", HeaderValue::from_static("root"));
+        h.insert("x-app", HeaderValue::from_static("keep"));
+        let facts = ForwardedFacts {
+            peer: "127.0.0.1".parse().unwrap(),
+            peer_trusted: false,
+            client_ip: "127.0.0.1".parse().unwrap(),
+            proto: "https",
+            host: Some("example.com"),
+            request_id: "rid",
+        };
+        rewrite_request(&mut h, &managed(), &facts, false);
+        assert!(
+            h.keys()
+                .all(|k| !canonical(k.as_str()).contains("forwardeduser")),
+            "{h:?}"
+        );
+        assert!(
+            h.keys()
+                .all(|k| !canonical(k.as_str()).contains("forwardedemail")),
+            "{h:?}"
+        );
+        assert_eq!(h["x-app"], "keep");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    }
+
+    #[test]
+    fn connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret, x-forwarded-user"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("gzip"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-other"));
+    }
+
+    #[test]
+    fn upgrade_survives_only_when_asked() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade, X-Hop"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        assert!(is_upgrade_request(&h));
+        let mut kept = h.clone();
+        strip_hop_by_hop(&mut kept, true);
+        assert_eq!(kept[UPGRADE], "websocket");
+        assert_eq!(kept[CONNECTION], "upgrade");
+        assert!(!kept.contains_key("x-hop"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty());
+    }
+}

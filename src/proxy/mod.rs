@@ -1,0 +1,331 @@
+//! Forwarding to upstreams: pooled hyper clients for `http://`, `https://` and
+//! `unix:` upstreams, the built-in echo upstream, streaming bodies both ways, and
+//! protocol upgrades (WebSocket) bridged byte for byte.
+
+mod echo;
+pub mod headers;
+mod unix;
+
+use std::error::Error as StdError;
+use std::io;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::CertificateDer;
+use tokio::time::Instant;
+
+use crate::config::{Timeouts, UpstreamTarget};
+use crate::respond::Failure;
+use headers::{ForwardedFacts, ManagedHeaders};
+
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+/// One body type for everything the proxy sends or relays.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full_body(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty_body() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+type UnixClient = Client<unix::UnixConnector, ProxyBody>;
+
+pub enum Upstream {
+    Http {
+        client: HttpClient,
+        scheme: Scheme,
+        authority: Authority,
+        base_path: String,
+    },
+    Unix {
+        client: UnixClient,
+        label: String,
+    },
+    Echo,
+}
+
+/// Per-snapshot settings every forward needs.
+pub struct ProxySettings {
+    pub managed: ManagedHeaders,
+    pub upstream_response: Duration,
+    pub max_body_bytes: Option<u64>,
+}
+
+pub fn describe_upstream(target: &UpstreamTarget) -> String {
+    match target {
+        UpstreamTarget::Http {
+            scheme,
+            authority,
+            base_path,
+            ..
+        } => format!("{scheme}://{authority}{base_path}"),
+        UpstreamTarget::Unix { socket } => format!("unix:{}", socket.display()),
+        UpstreamTarget::Echo => "builtin:echo".to_string(),
+    }
+}
+
+/// System trust roots, read once: the OS store does not change under a running process
+/// often enough to justify re-reading it per route.
+fn native_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        if found.certs.is_empty() {
+            tracing::warn!("no system CA certificates found; https:// upstreams need upstream_ca");
+        }
+        found.certs
+    })
+}
+
+impl Upstream {
+    pub fn build(target: &UpstreamTarget, timeouts: &Timeouts) -> Result<Upstream, String> {
+        match target {
+            UpstreamTarget::Echo => Ok(Upstream::Echo),
+            UpstreamTarget::Unix { socket } => {
+                let client = Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .build(unix::UnixConnector::new(socket.clone()));
+                Ok(Upstream::Unix {
+                    client,
+                    label: describe_upstream(target),
+                })
+            }
+            UpstreamTarget::Http {
+                scheme,
+                authority,
+                base_path,
+                extra_roots,
+            } => {
+                let mut roots = rustls::RootCertStore::empty();
+                if *scheme == Scheme::HTTPS {
+                    roots.add_parsable_certificates(native_roots().iter().cloned());
+                    for ca in extra_roots {
+                        roots
+                            .add(ca.clone())
+                            .map_err(|e| format!("upstream_ca: unusable CA certificate: {e}"))?;
+                    }
+                }
+                let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+                let tls = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| format!("TLS client setup failed: {e}"))?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                let mut http = HttpConnector::new();
+                http.enforce_http(false);
+                http.set_nodelay(true);
+                http.set_connect_timeout(Some(timeouts.upstream_connect));
+                // HTTP/1.1 only upstream: that is what every backend speaks, and it is the
+                // only version over which a WebSocket upgrade can be relayed.
+                let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls)
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(http);
+                let client = Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .build(connector);
+                Ok(Upstream::Http {
+                    client,
+                    scheme: scheme.clone(),
+                    authority: authority.clone(),
+                    base_path: base_path.clone(),
+                })
+            }
+        }
+    }
+}
+
+/// The upstream's answer, plus how long it took to produce its headers.
+pub struct Forwarded {
+    pub response: Response<ProxyBody>,
+    pub upstream_latency: Duration,
+}
+
+/// Forwards one request. `path` is the normalised path the route was matched on; it is
+/// the path the upstream receives.
+pub async fn forward(
+    upstream: &Upstream,
+    settings: &ProxySettings,
+    mut request: Request<Incoming>,
+    path: &str,
+    facts: &ForwardedFacts<'_>,
+) -> Result<Forwarded, Failure> {
+    if let Some(limit) = settings.max_body_bytes {
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return Err(Failure::PayloadTooLarge);
+        }
+    }
+
+    let wants_upgrade =
+        request.version() == Version::HTTP_11 && headers::is_upgrade_request(request.headers());
+    let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
+
+    let (mut parts, body) = request.into_parts();
+    headers::rewrite_request(&mut parts.headers, &settings.managed, facts, wants_upgrade);
+    let body: ProxyBody = match settings.max_body_bytes {
+        Some(limit) => {
+            Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync()
+        }
+        None => body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+    };
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    parts.version = Version::HTTP_11;
+
+    let started = Instant::now();
+    let result = match upstream {
+        Upstream::Echo => {
+            parts.uri = Uri::try_from(path_and_query)
+                .map_err(|_| Failure::BadRequest("The request target is malformed."))?;
+            echo::respond(Request::from_parts(parts, body))
+                .await
+                .map_err(|e| classify(&*e))
+        }
+        Upstream::Http {
+            client,
+            scheme,
+            authority,
+            base_path,
+        } => {
+            parts.uri = Uri::builder()
+                .scheme(scheme.clone())
+                .authority(authority.clone())
+                .path_and_query(format!("{base_path}{path_and_query}"))
+                .build()
+                .map_err(|_| Failure::BadRequest("The request target is malformed."))?;
+            send(
+                client,
+                Request::from_parts(parts, body),
+                settings.upstream_response,
+            )
+            .await
+        }
+        Upstream::Unix { client, label } => {
+            parts.uri = Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority("localhost")
+                .path_and_query(path_and_query)
+                .build()
+                .map_err(|_| Failure::BadRequest("The request target is malformed."))?;
+            send(
+                client,
+                Request::from_parts(parts, body),
+                settings.upstream_response,
+            )
+            .await
+            .inspect_err(|_| {
+                tracing::debug!(upstream = %label, "unix upstream failed");
+            })
+        }
+    };
+    let upstream_latency = started.elapsed();
+    let mut response = result?;
+
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    match (switching, client_upgrade) {
+        (true, Some(client_upgrade)) => {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(bridge(client_upgrade, upstream_upgrade));
+        }
+        (true, None) => {
+            tracing::warn!("upstream switched protocols without being asked to");
+            return Err(Failure::BadGateway);
+        }
+        (false, _) => {}
+    }
+    headers::strip_hop_by_hop(response.headers_mut(), switching);
+    Ok(Forwarded {
+        response,
+        upstream_latency,
+    })
+}
+
+async fn send<C>(
+    client: &Client<C, ProxyBody>,
+    request: Request<ProxyBody>,
+    deadline: Duration,
+) -> Result<Response<ProxyBody>, Failure>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    match tokio::time::timeout(deadline, client.request(request)).await {
+        Err(_) => Err(Failure::GatewayTimeout),
+        Ok(Err(e)) => {
+            let failure = classify(&e);
+            tracing::warn!(error = %error_chain(&e), "upstream request failed");
+            Err(failure)
+        }
+        Ok(Ok(response)) => {
+            Ok(response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+        }
+    }
+}
+
+/// Maps a failed upstream exchange to the status the client gets: our own body limit is
+/// a 413, any timeout a 504, anything else (refused, reset, TLS, protocol) a 502.
+fn classify(err: &(dyn StdError + 'static)) -> Failure {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.is::<LengthLimitError>() {
+            return Failure::PayloadTooLarge;
+        }
+        if e.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+        {
+            return Failure::GatewayTimeout;
+        }
+        current = e.source();
+    }
+    Failure::BadGateway
+}
+
+fn error_chain(err: &(dyn StdError + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut current = err.source();
+    while let Some(e) = current {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        current = e.source();
+    }
+    out
+}
+
+/// Relays an upgraded connection (e.g. WebSocket) until either side closes.
+async fn bridge(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "protocol upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}

@@ -1,0 +1,234 @@
+//! The one place where a failure becomes an HTTP response. Every status the proxy itself
+//! produces (4xx and 5xx) is built here, with a body negotiated from `Accept`: an HTML
+//! page for browsers, JSON for API clients, plain text otherwise. Bodies never carry
+//! internal details (addresses, OS errors); those go to the log with the request id.
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, Response, StatusCode};
+
+use crate::proxy::{ProxyBody, full_body};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    BadRequest(&'static str),
+    NotFound,
+    PayloadTooLarge,
+    HeadersTooLarge,
+    BadGateway,
+    GatewayTimeout,
+    ServiceUnavailable { retry_after_secs: u64 },
+}
+
+impl Failure {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Failure::NotFound => StatusCode::NOT_FOUND,
+            Failure::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Failure::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Failure::BadGateway => StatusCode::BAD_GATEWAY,
+            Failure::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Failure::ServiceUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Machine-readable code, in the style of RFC 6750 error codes.
+    fn code(&self) -> &'static str {
+        match self {
+            Failure::BadRequest(_) => "invalid_request",
+            Failure::NotFound => "not_found",
+            Failure::PayloadTooLarge => "payload_too_large",
+            Failure::HeadersTooLarge => "headers_too_large",
+            Failure::BadGateway => "bad_gateway",
+            Failure::GatewayTimeout => "gateway_timeout",
+            Failure::ServiceUnavailable { .. } => "unavailable",
+        }
+    }
+
+    fn description(&self) -> &'static str {
+        match self {
+            Failure::BadRequest(why) => why,
+            Failure::NotFound => "No route is configured for this host and path.",
+            Failure::PayloadTooLarge => "The request body is larger than this server accepts.",
+            Failure::HeadersTooLarge => "The request headers are larger than this server accepts.",
+            Failure::BadGateway => "The upstream service could not be reached.",
+            Failure::GatewayTimeout => "The upstream service did not answer in time.",
+            Failure::ServiceUnavailable { .. } => {
+                "The service is shutting down or overloaded; try again shortly."
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    Html,
+    Json,
+    Text,
+}
+
+/// Picks the representation with the highest `q` among HTML, JSON and plain text; ties go
+/// to the one listed first. Anything unparseable is treated as "no preference" (text).
+pub fn negotiate(headers: &HeaderMap) -> BodyKind {
+    let mut best = (BodyKind::Text, 0.0f32, usize::MAX);
+    let mut position = 0usize;
+    for value in headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        for item in value.split(',') {
+            position += 1;
+            let mut parts = item.split(';');
+            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .or_else(|| p.trim().strip_prefix("Q="))
+                })
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0)
+                .clamp(0.0, 1.0);
+            let kind = match media.as_str() {
+                "text/html" | "application/xhtml+xml" => BodyKind::Html,
+                "application/json" | "application/problem+json" => BodyKind::Json,
+                "text/plain" => BodyKind::Text,
+                _ => continue,
+            };
+            if q > best.1 || (q == best.1 && q > 0.0 && position < best.2) {
+                best = (kind, q, position);
+            }
+        }
+    }
+    best.0
+}
+
+pub fn failure_response(
+    failure: &Failure,
+    kind: BodyKind,
+    request_id: &str,
+) -> Response<ProxyBody> {
+    let status = failure.status();
+    let (content_type, body) = render_body(
+        kind,
+        status,
+        failure.code(),
+        failure.description(),
+        request_id,
+    );
+    let mut response = Response::new(full_body(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    if let Failure::ServiceUnavailable { retry_after_secs } = failure {
+        headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+    }
+    response
+}
+
+fn render_body(
+    kind: BodyKind,
+    status: StatusCode,
+    code: &str,
+    description: &str,
+    request_id: &str,
+) -> (&'static str, Bytes) {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    match kind {
+        BodyKind::Json => {
+            let body = serde_json::json!({
+                "error": code,
+                "error_description": description,
+                "status": status.as_u16(),
+                "request_id": request_id,
+            });
+            ("application/json", Bytes::from(body.to_string()))
+        }
+        BodyKind::Html => {
+            let page = format!(
+                "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{code} {reason}</title>\
+                 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+                 <style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;color:#222}}\
+                 small{{color:#777}}</style></head>\n<body><h1>{status_num} {reason}</h1><p>{desc}</p>\
+                 <p><small>Request ID: {rid}</small></p></body></html>\n",
+                code = status.as_u16(),
+                status_num = status.as_u16(),
+                reason = html_escape(reason),
+                desc = html_escape(description),
+                rid = html_escape(request_id),
+            );
+            ("text/html; charset=utf-8", Bytes::from(page))
+        }
+        BodyKind::Text => (
+            "text/plain; charset=utf-8",
+            Bytes::from(format!(
+                "{} {reason}\n{description}\nRequest ID: {request_id}\n",
+                status.as_u16()
+            )),
+        ),
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::ACCEPT, v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn negotiation_follows_q_values() {
+        assert_eq!(negotiate(&HeaderMap::new()), BodyKind::Text);
+        assert_eq!(negotiate(&accept("*/*")), BodyKind::Text);
+        assert_eq!(negotiate(&accept("application/json")), BodyKind::Json);
+        assert_eq!(
+            negotiate(&accept(
+                "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+            )),
+            BodyKind::Html
+        );
+        assert_eq!(
+            negotiate(&accept("text/html;q=0.5, application/json")),
+            BodyKind::Json
+        );
+        assert_eq!(negotiate(&accept("application/json;q=0")), BodyKind::Text);
+    }
+
+    #[test]
+    fn every_body_names_the_request_id() {
+        for kind in [BodyKind::Html, BodyKind::Json, BodyKind::Text] {
+            let (_, body) =
+                render_body(kind, StatusCode::BAD_GATEWAY, "bad_gateway", "x", "rid-<1>");
+            let text = String::from_utf8(body.to_vec()).unwrap();
+            assert!(text.contains("rid-"), "{kind:?}: {text}");
+            if kind == BodyKind::Html {
+                assert!(text.contains("rid-&lt;1&gt;"), "HTML must escape: {text}");
+            }
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Listeners and connections: TCP or TLS, HTTP/1.1 and HTTP/2 (hyper-util auto), the
+//! connection cap, handshake / header-read / idle timeouts, and graceful shutdown.
+//!
+//! `Server::bind` does everything that can fail at start (sockets, TLS material,
+//! upstream clients); `Server::run` then serves until the shutdown future resolves, stops
+//! accepting, lets in-flight requests finish within `shutdown_grace`, and returns.
+
+mod activity;
+mod tls;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Limits, Timeouts};
+use crate::gate::{ConnInfo, Gate};
+use activity::{Activity, ActivityIo};
+
+pub use tls::acceptor as tls_acceptor;
+
+pub struct Server {
+    listeners: Vec<TcpListener>,
+    shared: Arc<Shared>,
+    shutdown_grace: Duration,
+    max_connections: usize,
+}
+
+struct Shared {
+    gate: Gate,
+    tls: Option<TlsAcceptor>,
+    timeouts: Timeouts,
+    limits: Limits,
+}
+
+impl Server {
+    /// Binds every listen address and builds the TLS acceptor and upstream clients.
+    pub async fn bind(config: &Config) -> Result<Server, String> {
+        let tls = config.server.tls.as_ref().map(tls::acceptor).transpose()?;
+        let gate = Gate::new(config)?;
+        let mut listeners = Vec::new();
+        for addr in &config.server.listen {
+            listeners.push(
+                bind_listener(*addr)
+                    .map_err(|e| format!("server.listen: cannot listen on {addr}: {e}"))?,
+            );
+        }
+        Ok(Server {
+            listeners,
+            shared: Arc::new(Shared {
+                gate,
+                tls,
+                timeouts: config.server.timeouts,
+                limits: config.server.limits,
+            }),
+            shutdown_grace: config.server.shutdown_grace,
+            max_connections: config.server.limits.max_connections,
+        })
+    }
+
+    /// The bound addresses (useful when the config asked for port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.shared.tls.is_some()
+    }
+
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let stop = CancellationToken::new();
+        let connections = TaskTracker::new();
+        let limiter = Arc::new(Semaphore::new(self.max_connections));
+        let mut accept_loops = Vec::new();
+        for listener in self.listeners {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, tls = self.shared.tls.is_some(), "listening");
+            }
+            accept_loops.push(tokio::spawn(accept_loop(
+                listener,
+                Arc::clone(&self.shared),
+                Arc::clone(&limiter),
+                stop.clone(),
+                connections.clone(),
+            )));
+        }
+
+        shutdown.await;
+        tracing::info!(grace = ?self.shutdown_grace, "shutting down: no new connections, draining in-flight requests");
+        stop.cancel();
+        for l in accept_loops {
+            let _ = l.await;
+        }
+        connections.close();
+        if tokio::time::timeout(self.shutdown_grace, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = connections.len(),
+                "shutdown grace period over; closing remaining connections"
+            );
+        }
+    }
+}
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = if addr.is_ipv6() {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if addr.is_ipv6() {
+        // So "0.0.0.0:8443" and "[::]:8443" can both be listed.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    limiter: Arc<Semaphore>,
+    stop: CancellationToken,
+    connections: TaskTracker,
+) {
+    loop {
+        // Waiting for a permit before accepting leaves excess clients in the kernel's
+        // backlog instead of accepting sockets we cannot serve.
+        let permit = tokio::select! {
+            permit = Arc::clone(&limiter).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            () = stop.cancelled() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning on the error.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        connections.spawn(serve_connection(
+            stream,
+            peer,
+            Arc::clone(&shared),
+            stop.clone(),
+            permit,
+        ));
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let activity = Activity::new();
+    let io = ActivityIo::new(stream, activity.clone());
+    match &shared.tls {
+        None => serve_http(io, ConnInfo { peer, tls: false }, &shared, &stop, &activity).await,
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(shared.timeouts.handshake, acceptor.accept(io));
+            let tls = tokio::select! {
+                result = handshake => match result {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+                () = stop.cancelled() => return,
+            };
+            serve_http(tls, ConnInfo { peer, tls: true }, &shared, &stop, &activity).await;
+        }
+    }
+}
+
+async fn serve_http<IO>(
+    io: IO,
+    info: ConnInfo,
+    shared: &Arc<Shared>,
+    stop: &CancellationToken,
+    activity: &Activity,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = {
+        let shared = Arc::clone(shared);
+        let activity = activity.clone();
+        service_fn(move |request| {
+            let shared = Arc::clone(&shared);
+            let in_flight = activity.begin_request();
+            async move {
+                let response = shared.gate.handle(request, &info).await;
+                drop(in_flight);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.timeouts.header_read)
+        .max_buf_size(shared.limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(shared.limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(250);
+
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = stop.cancelled(), if !draining => {
+                connection.as_mut().graceful_shutdown();
+                draining = true;
+            }
+            () = activity.idle_for(shared.timeouts.idle) => {
+                if draining {
+                    // Asked to close politely once and still silent: drop it.
+                    return;
+                }
+                connection.as_mut().graceful_shutdown();
+                draining = true;
+            }
+        }
+    }
+}
