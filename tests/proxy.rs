@@ -1,0 +1,667 @@
+//! End-to-end behaviour of the core proxy: a real server on 127.0.0.1:0 with a real TLS
+//! certificate, real upstreams, and real clients.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use hyper::Response;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn proxy_to(pki: &Pki, upstream: &str, server_extra: &str) -> Proxy {
+    let config = format!(
+        "{}{}{}",
+        server_section(server_extra),
+        pki.tls_section(),
+        public_route("/", upstream)
+    );
+    Proxy::start(pki.dir.path(), &config).await
+}
+
+#[tokio::test]
+async fn http1_and_http2_over_tls_reach_the_upstream() {
+    let pki = Pki::new();
+    let upstream = spawn_inspecting_upstream().await;
+    let proxy = proxy_to(&pki, &format!("http://{upstream}"), "").await;
+
+    let h1 = pki.client(proxy.addr).http1_only().build().unwrap();
+    let response = h1.get(url(proxy.addr, "/a/b?x=1")).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_11);
+    assert_eq!(response.status(), 200);
+    let seen: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(seen["path"], "/a/b");
+    assert_eq!(seen["query"], "x=1");
+
+    let h2 = pki
+        .client(proxy.addr)
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2
+        .post(url(proxy.addr, "/h2"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let seen: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["path"], "/h2");
+    // The upstream always gets HTTP/1.1 with a Host header built from :authority.
+    assert_eq!(seen["version"], "HTTP/1.1");
+    assert_eq!(
+        seen_header(&seen, "host").unwrap(),
+        format!("localhost:{}", proxy.addr.port())
+    );
+}
+
+#[tokio::test]
+async fn tls_versions_follow_min_version() {
+    let pki = Pki::new();
+    let proxy = proxy_to(&pki, "builtin:echo", "").await;
+    let tls12_only = || {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::pem::PemObject::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+            .with_root_certificates(roots)
+            .with_no_client_auth()
+    };
+    let tls = pki.raw_tls_with(proxy.addr, tls12_only()).await;
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let tls = pki.raw_tls(proxy.addr).await;
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+
+    let strict = format!(
+        "{}{}min_version = \"1.3\"\n{}",
+        server_section(""),
+        pki.tls_section(),
+        public_route("/", "builtin:echo")
+    );
+    let proxy13 = Proxy::start(pki.dir.path(), &strict).await;
+    let tcp = tokio::net::TcpStream::connect(proxy13.addr).await.unwrap();
+    let refused = tokio_rustls::TlsConnector::from(Arc::new(tls12_only()))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await;
+    assert!(
+        refused.is_err(),
+        "a TLS 1.2 client must be refused when min_version = 1.3"
+    );
+}
+
+#[tokio::test]
+async fn builtin_echo_reports_the_forwarded_request() {
+    let pki = Pki::new();
+    let proxy = proxy_to(&pki, "builtin:echo", "").await;
+    let client = pki.client(proxy.addr).build().unwrap();
+    let response = client
+        .put(url(proxy.addr, "/x/./y/../z?q=1"))
+        .header("x-custom", "one")
+        .body(vec![7u8; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let echo: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(echo["method"], "PUT");
+    assert_eq!(echo["path"], "/x/z");
+    assert_eq!(echo["query"], "q=1");
+    assert_eq!(echo["body_bytes"], 1000);
+    assert_eq!(echo["headers"]["x-custom"][0], "one");
+    assert_eq!(echo["headers"]["x-forwarded-proto"][0], "https");
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_stripped_both_ways() {
+    let pki = Pki::new();
+    let upstream = spawn_upstream(|req| async move {
+        let mut response = inspect(req).await;
+        let h = response.headers_mut();
+        h.insert("connection", "X-Upstream-Hop".parse().unwrap());
+        h.insert("x-upstream-hop", "secret".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("proxy-authenticate", "Basic".parse().unwrap());
+        h.insert("x-upstream-end-to-end", "kept".parse().unwrap());
+        response
+    })
+    .await;
+    let proxy = proxy_to(&pki, &format!("http://{upstream}"), "").await;
+
+    // Raw bytes: a well-behaved client library would refuse to send some of these.
+    let request = "GET /hop HTTP/1.1\r\nHost: localhost\r\n\
+                   Connection: close, X-Client-Hop, X-Forwarded-User\r\n\
+                   X-Client-Hop: secret\r\nKeep-Alive: timeout=100\r\nProxy-Connection: keep-alive\r\n\
+                   TE: gzip\r\nTrailer: X-Trailer\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\n\
+                   X-Forwarded-User: admin\r\nX-End-To-End: kept\r\n\r\n";
+    let raw = raw_exchange(&pki, proxy.addr, request.as_bytes()).await;
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let head_lower = head.to_ascii_lowercase();
+    assert!(
+        !head_lower.contains("x-upstream-hop"),
+        "response hop header leaked: {head}"
+    );
+    assert!(!head_lower.contains("keep-alive"), "{head}");
+    assert!(!head_lower.contains("proxy-authenticate"), "{head}");
+    assert!(head_lower.contains("x-upstream-end-to-end: kept"), "{head}");
+
+    let seen: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    let names = seen_header_names(&seen);
+    for hop in [
+        "x-client-hop",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "x-forwarded-user",
+    ] {
+        assert!(
+            !names.contains(&hop.to_string()),
+            "{hop} reached the upstream: {names:?}"
+        );
+    }
+    assert_eq!(seen_header(&seen, "x-end-to-end").as_deref(), Some("kept"));
+}
+
+#[tokio::test]
+async fn forwarded_headers_from_an_untrusted_client_are_replaced() {
+    let pki = Pki::new();
+    let upstream = spawn_inspecting_upstream().await;
+    let proxy = proxy_to(&pki, &format!("http://{upstream}"), "").await;
+    let client = pki.client(proxy.addr).http1_only().build().unwrap();
+    let seen: serde_json::Value = client
+        .get(url(proxy.addr, "/"))
+        .header("X-Forwarded-For", "203.0.113.66")
+        .header("X-Forwarded-Proto", "http")
+        .header("X-Forwarded-Host", "evil.example")
+        .header("X-Real-IP", "203.0.113.66")
+        .header("X-Request-Id", "attacker-chosen")
+        .header("Forwarded", "for=203.0.113.66")
+        .header("X-Forwarded-User", "admin")
+        .header("x_forwarded_user", "admin")
+        .header("X.Forwarded.User", "admin")
+        .header("X-FORWARDED-EMAIL", "admin@example.com")
+        .header("x-forwarded_groups", "admins")
+        .header("X-Forwarded-Preferred-Username", "admin")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        seen_header(&seen, "x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        seen_header(&seen, "x-real-ip").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        seen_header(&seen, "x-forwarded-proto").as_deref(),
+        Some("https")
+    );
+    assert_eq!(
+        seen_header(&seen, "x-forwarded-host").unwrap(),
+        format!("localhost:{}", proxy.addr.port())
+    );
+    let request_id = seen_header(&seen, "x-request-id").unwrap();
+    assert_ne!(request_id, "attacker-chosen");
+    assert_eq!(request_id.len(), 32);
+    assert_eq!(seen_header(&seen, "forwarded"), None);
+    for name in seen_header_names(&seen) {
+        let folded: String = name.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+        assert!(
+            ![
+                "xforwardeduser",
+                "xforwardedemail",
+                "xforwardedgroups",
+                "xforwardedpreferredusername"
+            ]
+            .contains(&folded.as_str()),
+            "client identity header {name} reached the upstream"
+        );
+    }
+}
+
+#[tokio::test]
+async fn forwarded_headers_from_a_trusted_proxy_are_extended() {
+    let pki = Pki::new();
+    let upstream = spawn_inspecting_upstream().await;
+    let proxy = proxy_to(
+        &pki,
+        &format!("http://{upstream}"),
+        "trusted_proxies = [\"127.0.0.0/8\"]",
+    )
+    .await;
+    let client = pki.client(proxy.addr).http1_only().build().unwrap();
+    let response = client
+        .get(url(proxy.addr, "/"))
+        .header("X-Forwarded-For", "198.51.100.1, 203.0.113.7")
+        .header("X-Forwarded-Proto", "http")
+        .header("X-Forwarded-Host", "app.example.com")
+        .header("X-Request-Id", "lb-7f3a")
+        .header("X-Forwarded-User", "admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "lb-7f3a");
+    let seen: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        seen_header(&seen, "x-forwarded-for").as_deref(),
+        Some("198.51.100.1, 203.0.113.7, 127.0.0.1")
+    );
+    assert_eq!(
+        seen_header(&seen, "x-real-ip").as_deref(),
+        Some("203.0.113.7")
+    );
+    assert_eq!(
+        seen_header(&seen, "x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+    assert_eq!(
+        seen_header(&seen, "x-forwarded-host").as_deref(),
+        Some("app.example.com")
+    );
+    assert_eq!(
+        seen_header(&seen, "x-request-id").as_deref(),
+        Some("lb-7f3a")
+    );
+    // Even a trusted proxy cannot assert identity: that is ours to set.
+    assert_eq!(seen_header(&seen, "x-forwarded-user"), None);
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_relayed_end_to_end() {
+    let pki = Pki::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        if ws.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let proxy = proxy_to(&pki, &format!("http://{ws_upstream}"), "").await;
+    let tls = pki.raw_tls(proxy.addr).await;
+    let (mut ws, response) =
+        tokio_tungstenite::client_async(format!("wss://localhost:{}/ws", proxy.addr.port()), tls)
+            .await
+            .expect("the upgrade goes through the proxy");
+    assert_eq!(response.status(), 101);
+    for i in 0..3 {
+        ws.send(Message::text(format!("ping {i}"))).await.unwrap();
+        let echoed = ws.next().await.unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), format!("ping {i}"));
+    }
+    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap().into_data().as_ref(),
+        &[0u8, 1, 2, 255]
+    );
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn refused_upstream_is_a_negotiated_502() {
+    let pki = Pki::new();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let proxy = proxy_to(&pki, &format!("http://{closed}"), "").await;
+    let client = pki.client(proxy.addr).build().unwrap();
+
+    let json = client
+        .get(url(proxy.addr, "/"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json.status(), 502);
+    assert_eq!(json.headers()["cache-control"], "no-store");
+    let request_id = json.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body: serde_json::Value = json.json().await.unwrap();
+    assert_eq!(body["error"], "bad_gateway");
+    assert_eq!(body["status"], 502);
+    assert_eq!(body["request_id"], request_id.as_str());
+    assert!(
+        !body.to_string().contains(&closed.port().to_string()),
+        "the body must not leak upstream details"
+    );
+
+    let html = client
+        .get(url(proxy.addr, "/"))
+        .header("accept", "text/html,*/*;q=0.8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(html.status(), 502);
+    assert!(
+        html.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(html.text().await.unwrap().contains("502 Bad Gateway"));
+
+    let text = client.get(url(proxy.addr, "/")).send().await.unwrap();
+    assert!(
+        text.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert!(text.text().await.unwrap().starts_with("502 Bad Gateway"));
+}
+
+#[tokio::test]
+async fn routes_match_host_then_longest_normalised_prefix() {
+    let pki = Pki::new();
+    let api = spawn_upstream(|_req| async { Response::new(full("api")) }).await;
+    let app = spawn_upstream(|_req| async { Response::new(full("app")) }).await;
+    let admin = spawn_upstream(|_req| async { Response::new(full("admin-host")) }).await;
+    let config = format!(
+        "{}{}{}{}[[route]]\nhost = \"admin.localhost\"\npath = \"/\"\nupstream = \"http://{admin}\"\nauth = \"public\"\n",
+        server_section(""),
+        pki.tls_section(),
+        public_route("/api", &format!("http://{api}")),
+        public_route("/app/", &format!("http://{app}")),
+    );
+    let proxy = Proxy::start(pki.dir.path(), &config).await;
+    let client = pki.client(proxy.addr).http1_only().build().unwrap();
+    let get = |path: &'static str| {
+        let client = client.clone();
+        let addr = proxy.addr;
+        async move {
+            let r = client.get(url(addr, path)).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/api").await, (200, "api".into()));
+    assert_eq!(get("/api/v1/x").await, (200, "api".into()));
+    assert_eq!(get("/app/page").await, (200, "app".into()));
+    assert_eq!(get("/%61pp/page").await, (200, "app".into()));
+    assert_eq!(get("/api/../app/x").await, (200, "app".into()));
+    assert_eq!(get("/apix").await.0, 404);
+    assert_eq!(get("/").await.0, 404);
+    assert_eq!(get("/app%2Fpage").await.0, 400);
+
+    let by_host = client
+        .get(url(proxy.addr, "/api"))
+        .header("host", format!("Admin.Localhost:{}", proxy.addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_host.text().await.unwrap(), "admin-host");
+}
+
+#[tokio::test]
+async fn unix_socket_and_https_upstreams() {
+    let pki = Pki::new();
+    // Unix socket upstream.
+    let socket = pki.dir.path().join("app.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req| async move {
+                    Ok::<_, std::convert::Infallible>(inspect(req).await)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    // HTTPS upstream with a certificate from the test CA, trusted through upstream_ca.
+    let tls_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let https_addr = tls_listener.local_addr().unwrap();
+    let server_config = {
+        use rustls::pki_types::pem::PemObject;
+        let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(&pki.cert_path)
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&pki.key_path).unwrap();
+        rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap()
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = tls_listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(|req| async move {
+                    Ok::<_, std::convert::Infallible>(inspect(req).await)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    let config = format!(
+        "{}{}{}[[route]]\npath = \"/secure\"\nupstream = \"https://localhost:{}/base\"\nupstream_ca = {:?}\nauth = \"public\"\n",
+        server_section(""),
+        pki.tls_section(),
+        public_route("/sock", &format!("unix:{}", socket.display())),
+        https_addr.port(),
+        pki.ca_path(),
+    );
+    let proxy = Proxy::start(pki.dir.path(), &config).await;
+    let client = pki.client(proxy.addr).build().unwrap();
+
+    let seen: serde_json::Value = client
+        .get(url(proxy.addr, "/sock/x"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["path"], "/sock/x");
+    assert_eq!(
+        seen_header(&seen, "x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+
+    let response = client
+        .get(url(proxy.addr, "/secure/y?z=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(seen["path"], "/base/secure/y");
+    assert_eq!(seen["query"], "z=1");
+}
+
+#[tokio::test]
+async fn oversize_headers_get_431_and_the_proxy_keeps_serving() {
+    let pki = Pki::new();
+    let proxy = proxy_to(
+        &pki,
+        "builtin:echo",
+        "[server.limits]\nmax_header_bytes = 8192",
+    )
+    .await;
+    let big = "a".repeat(12_000);
+    let request =
+        format!("GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: {big}\r\nConnection: close\r\n\r\n");
+    let raw = raw_exchange(&pki, proxy.addr, request.as_bytes()).await;
+    assert!(
+        raw.starts_with("HTTP/1.1 431"),
+        "{}",
+        &raw[..raw.len().min(200)]
+    );
+
+    let client = pki
+        .client(proxy.addr)
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let h2 = client
+        .get(url(proxy.addr, "/"))
+        .header("x-big", big.as_str())
+        .send()
+        .await;
+    match h2 {
+        Ok(r) => assert_eq!(r.status(), 431),
+        Err(e) => assert!(
+            format!("{e:?}").to_lowercase().contains("reset") || e.is_request(),
+            "{e:?}"
+        ),
+    }
+    let ok = pki
+        .client(proxy.addr)
+        .build()
+        .unwrap()
+        .get(url(proxy.addr, "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_the_request_in_flight() {
+    let pki = Pki::new();
+    let (arrived_tx, mut arrived) = mpsc::channel::<()>(1);
+    let release = Arc::new(Notify::new());
+    let upstream = {
+        let release = Arc::clone(&release);
+        spawn_upstream(move |_req| {
+            let arrived_tx = arrived_tx.clone();
+            let release = Arc::clone(&release);
+            async move {
+                let _ = arrived_tx.send(()).await;
+                release.notified().await;
+                Response::new(full("finished"))
+            }
+        })
+        .await
+    };
+    let mut proxy = proxy_to(
+        &pki,
+        &format!("http://{upstream}"),
+        "shutdown_grace = \"30s\"",
+    )
+    .await;
+    let client = pki.client(proxy.addr).build().unwrap();
+    let in_flight = tokio::spawn(client.get(url(proxy.addr, "/slow")).send());
+    arrived.recv().await.unwrap();
+
+    proxy.begin_shutdown();
+    // The listener closes promptly: bounded polling, no sleeping.
+    let mut refused = false;
+    for _ in 0..10_000 {
+        if tokio::net::TcpStream::connect(proxy.addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        refused,
+        "new connections must be refused once shutdown starts"
+    );
+    assert!(
+        !proxy.task.as_ref().unwrap().is_finished(),
+        "run() must wait for the request in flight"
+    );
+
+    release.notify_one();
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "finished");
+    proxy.task.take().unwrap().await.unwrap();
+}
+
+#[tokio::test]
+async fn listens_on_several_addresses_including_ipv6() {
+    let pki = Pki::new();
+    let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    let listen = if ipv6 {
+        r#"["127.0.0.1:0", "[::1]:0"]"#
+    } else {
+        r#"["127.0.0.1:0", "127.0.0.2:0"]"#
+    };
+    let config = format!(
+        "[server]\nlisten = {listen}\n{}{}",
+        pki.tls_section(),
+        public_route("/", "builtin:echo")
+    );
+    let proxy = Proxy::start(pki.dir.path(), &config).await;
+    assert_eq!(proxy.addrs.len(), 2);
+    for addr in &proxy.addrs {
+        let client = pki.client(*addr).build().unwrap();
+        let echo: serde_json::Value = client
+            .get(url(*addr, "/"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            echo["headers"]["x-forwarded-for"][0].as_str().unwrap(),
+            addr.ip().to_string()
+        );
+    }
+}
+
+#[tokio::test]
+async fn plain_http_listener_without_tls() {
+    let pki = Pki::new();
+    let upstream = spawn_inspecting_upstream().await;
+    let config = format!(
+        "{}{}",
+        server_section(""),
+        public_route("/", &format!("http://{upstream}"))
+    );
+    let proxy = Proxy::start(pki.dir.path(), &config).await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(b"GET /plain HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"x-forwarded-proto\":[\"http\"]"), "{out}");
+}
