@@ -92,8 +92,7 @@ impl<'a> SourceMap<'a> {
             .unwrap_or_default();
         // toml's message is one line of prose; its Display adds a source excerpt, which could
         // contain a secret value, so only the bare message is kept.
-        let message = err.message().trim().to_string();
-        self.error(span, &key, message)
+        self.error(span, &key, redact_quoted(err.message().trim()))
     }
 
     fn key_path_at(&self, offset: usize) -> String {
@@ -137,5 +136,56 @@ impl<'a> SourceMap<'a> {
             (false, true) => table,
             (false, false) => format!("{table}.{key}"),
         }
+    }
+}
+
+/// serde quotes offending string values (`invalid type: string "s3cr3t", expected ...`)
+/// and puts field names in backticks; the quoted values go, the names stay.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut in_quote = false;
+    for c in message.chars() {
+        match (c, in_quote) {
+            ('"', false) => {
+                in_quote = true;
+                out.push_str("(value hidden)");
+            }
+            ('"', true) => in_quote = false,
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_values_are_redacted_but_names_kept() {
+        assert_eq!(
+            redact_quoted("invalid type: string \"hunter2\", expected a sequence"),
+            "invalid type: string (value hidden), expected a sequence"
+        );
+        assert_eq!(
+            redact_quoted("unknown field `lisen`, expected `listen`"),
+            "unknown field `lisen`, expected `listen`"
+        );
+    }
+
+    #[test]
+    fn keys_are_recovered_from_tables_and_routes() {
+        let text = "[server]\nlisten = 1\n\n[[route]]\npath = 1\n[[route]]\nupstream = 2\n";
+        let map = SourceMap::new(Path::new("c.toml"), text);
+        assert_eq!(
+            map.key_path_at(text.find("listen").unwrap()),
+            "server.listen"
+        );
+        assert_eq!(map.key_path_at(text.find("path").unwrap()), "route[0].path");
+        assert_eq!(
+            map.key_path_at(text.find("upstream").unwrap()),
+            "route[1].upstream"
+        );
     }
 }

@@ -1,0 +1,214 @@
+//! The binary as an operator runs it: `check`, `--version`, config errors, SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sallyport");
+
+fn check(config: &str) -> (i32, String, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        dir,
+    )
+}
+
+#[test]
+fn version_is_printed() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("sallyport {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn the_demo_config_checks_clean() {
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/config/sallyport.toml");
+    let out = Command::new(BIN)
+        .args(["check", "--config", demo])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("OK"));
+    assert!(stdout.contains("127.0.0.1:8443"));
+    assert!(stdout.contains("builtin:echo"));
+}
+
+#[test]
+fn a_missing_file_names_file_line_and_key() {
+    let (code, _, stderr, _dir) = check(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[server.tls]\ncert = \"/nonexistent/tls.crt\"\nkey = \"/nonexistent/tls.key\"\n\n[[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\nauth = \"public\"\n",
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("bad.toml:5: server.tls.cert: file not found"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("bad.toml:6: server.tls.key: file not found"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors_with_their_line() {
+    let (code, _, stderr, _dir) = check(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nlisten_port = 8443\n\n[[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\nauth = \"public\"\n",
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("bad.toml:3: server.listen_port:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unknown field"), "{stderr}");
+
+    let (code, _, stderr, _dir) = check(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\nauth = \"public\"\n\n[[route]]\npath = \"/x\"\nupstreem = \"builtin:echo\"\n",
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("bad.toml:11: route[1].upstreem:"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn every_bad_value_is_reported_at_once_without_echoing_it() {
+    let (code, _, stderr, _dir) = check(
+        r#"[server]
+listen = ["hunter2-secret-value"]
+trusted_proxies = ["10.0.0.0/33"]
+shutdown_grace = "soon"
+
+[server.timeouts]
+idle = "0s"
+
+[log]
+format = "xml"
+
+[[route]]
+path = "relative"
+upstream = "ftp://example.com"
+auth = "public"
+"#,
+    );
+    assert_eq!(code, 1);
+    for expected in [
+        "bad.toml:2: server.listen:",
+        "bad.toml:3: server.trusted_proxies:",
+        "bad.toml:4: server.shutdown_grace:",
+        "bad.toml:7: server.timeouts.idle: must be greater than zero",
+        "bad.toml:10: log.format:",
+        "bad.toml:13: route[0].path:",
+        "bad.toml:14: route[0].upstream:",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(
+        !stderr.contains("hunter2"),
+        "a config value was echoed:\n{stderr}"
+    );
+}
+
+#[test]
+fn sections_of_later_features_are_named_not_silently_ignored() {
+    let (code, _, stderr, _dir) = check(
+        "[rate_limit]\nmax_failures = 5\n\n[[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\nauth = \"public\"\n",
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.contains("bad.toml:1: rate_limit:"), "{stderr}");
+}
+
+#[test]
+fn syntax_errors_point_at_the_line() {
+    let (code, _, stderr, _dir) = check("[server]\nlisten = [\"127.0.0.1:0\"\n");
+    assert_eq!(code, 1);
+    assert!(stderr.contains("bad.toml:2: server.listen:"), "{stderr}");
+
+    // A secret pasted under a key of the wrong type is not echoed back.
+    let (code, _, stderr, _dir) = check("[server]\nlisten = \"hunter2-secret\"\n");
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("bad.toml:2: server.listen: invalid type"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sallyport.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[server.tls]\nself_signed = [\"localhost\"]\n\n[[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\nauth = \"public\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .env("SALLYPORT_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    // The first log line announces the bound address.
+    let mut line = String::new();
+    let mut listening = false;
+    for _ in 0..50 {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if line.contains("listening") {
+            listening = true;
+            break;
+        }
+    }
+    assert!(listening, "no 'listening' line; last: {line}");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Wait for the exit status, bounded so a hung shutdown fails the test instead of CI.
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        let _ = tx.send((child.wait(), rest));
+    });
+    let (exit, rest) = match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok((status, rest)) => (status.unwrap(), rest),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("sallyport did not exit within 10 s of SIGTERM")
+        }
+    };
+    assert_eq!(exit.code(), Some(0), "{rest}");
+    assert!(rest.contains("SIGTERM"), "{rest}");
+}

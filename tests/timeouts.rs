@@ -1,0 +1,207 @@
+//! Timeouts and caps, on tokio's paused clock: the runtime jumps virtual time forward
+//! whenever every task is waiting, so a 60 s timeout is exercised without a 60 s test and
+//! without sleeping. Everything (client, proxy, upstream) runs in the one test runtime.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+async fn proxy_with(pki: &Pki, upstream: &str, server_extra: &str) -> Proxy {
+    let config = format!(
+        "{}{}{}",
+        server_section(server_extra),
+        pki.tls_section(),
+        public_route("/", upstream)
+    );
+    Proxy::start(pki.dir.path(), &config).await
+}
+
+/// Reads until EOF or error; returns what was read.
+async fn read_until_closed<S: AsyncReadExt + Unpin>(stream: &mut S) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out).await;
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_upstream_is_a_504_after_upstream_response() {
+    let pki = Pki::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    // Accepts and reads, never answers.
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            held.push(stream);
+        }
+    });
+    let proxy = proxy_with(
+        &pki,
+        &format!("http://{upstream}"),
+        "[server.timeouts]\nupstream_response = \"7s\"",
+    )
+    .await;
+    let client = pki.client(proxy.addr).build().unwrap();
+    let started = Instant::now();
+    let response = client
+        .get(url(proxy.addr, "/"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 504);
+    assert!(
+        started.elapsed() >= Duration::from_secs(7),
+        "answered before the timeout: {:?}",
+        started.elapsed()
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "gateway_timeout");
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_request_headers_are_cut_at_header_read() {
+    let pki = Pki::new();
+    let proxy = proxy_with(
+        &pki,
+        "builtin:echo",
+        "[server.timeouts]\nheader_read = \"4s\"\nidle = \"600s\"",
+    )
+    .await;
+    let mut tls = pki.raw_tls(proxy.addr).await;
+    let started = Instant::now();
+    // A slowloris: part of a request, then nothing.
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let leftover = read_until_closed(&mut tls).await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(60),
+        "closed after {waited:?}"
+    );
+    let text = String::from_utf8_lossy(&leftover);
+    assert!(!text.contains("200 OK"), "{text}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_keep_alive_connections_are_closed() {
+    let pki = Pki::new();
+    // hyper's header_read timer also runs while a keep-alive connection waits for its next
+    // request, so it is set above `idle` here to show `idle` doing the closing.
+    let proxy = proxy_with(
+        &pki,
+        "builtin:echo",
+        "[server.timeouts]\nidle = \"20s\"\nheader_read = \"90s\"",
+    )
+    .await;
+    let mut tls = pki.raw_tls(proxy.addr).await;
+    tls.write_all(b"GET /one HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    // Read the whole first response (keep-alive), then go silent.
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("\"path\": \"/one\"") {
+        let n = tls.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the first response completed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let started = Instant::now();
+    let rest = read_until_closed(&mut tls).await;
+    let waited = started.elapsed();
+    assert!(
+        rest.len() < 200,
+        "no further response expected, got {} bytes",
+        rest.len()
+    );
+    assert!(
+        waited >= Duration::from_secs(20) && waited < Duration::from_secs(90),
+        "closed after {waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_http2_connections_are_closed() {
+    let pki = Pki::new();
+    let proxy = proxy_with(&pki, "builtin:echo", "[server.timeouts]\nidle = \"30s\"").await;
+    let tls = pki
+        .raw_tls_with(proxy.addr, pki.client_config(&[b"h2"]))
+        .await;
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let driver = tokio::spawn(connection);
+    let request = hyper::Request::get(url(proxy.addr, "/"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
+    let started = Instant::now();
+    // The connection future completes when the server sends GOAWAY and closes.
+    let _ = driver.await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(30) && waited < Duration::from_secs(300),
+        "closed after {waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stalled_tls_handshake_is_dropped() {
+    let pki = Pki::new();
+    let proxy = proxy_with(
+        &pki,
+        "builtin:echo",
+        "[server.timeouts]\nhandshake = \"5s\"",
+    )
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let started = Instant::now();
+    let got = read_until_closed(&mut tcp).await;
+    assert!(got.is_empty());
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(60),
+        "closed after {waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn connections_beyond_max_connections_wait_for_a_free_slot() {
+    let pki = Pki::new();
+    let proxy = proxy_with(&pki, "builtin:echo", "[server.limits]\nmax_connections = 1").await;
+    let first = pki.raw_tls(proxy.addr).await;
+
+    // The second client reaches the kernel backlog but is not served while the first holds
+    // the only slot.
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let config = std::sync::Arc::new(pki.client_config(&[b"http/1.1"]));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut second = Box::pin(tokio_rustls::TlsConnector::from(config).connect(name, tcp));
+    let early = tokio::time::timeout(Duration::from_secs(5), &mut second).await;
+    assert!(
+        early.is_err(),
+        "the second connection was served while the cap was reached"
+    );
+
+    drop(first);
+    let mut second = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("served once the slot frees up")
+        .unwrap();
+    second
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let response = read_until_closed(&mut second).await;
+    assert!(String::from_utf8_lossy(&response).starts_with("HTTP/1.1 200"));
+}
