@@ -52,6 +52,25 @@ fn the_demo_config_checks_clean() {
 }
 
 #[test]
+fn the_example_config_checks_clean() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml");
+    let out = Command::new(BIN)
+        .args(["check", "--config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("/api -> http://127.0.0.1:3000 (public)"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn a_missing_file_names_file_line_and_key() {
     let (code, _, stderr, _dir) = check(
         "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[server.tls]\ncert = \"/nonexistent/tls.crt\"\nkey = \"/nonexistent/tls.key\"\n\n[[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\nauth = \"public\"\n",

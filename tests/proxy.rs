@@ -301,10 +301,8 @@ async fn websocket_upgrade_is_relayed_end_to_end() {
                     return;
                 };
                 while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() || msg.is_binary() {
-                        if ws.send(msg).await.is_err() {
-                            return;
-                        }
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
                     }
                 }
             });

@@ -84,7 +84,7 @@ impl<'a> SourceMap<'a> {
     /// Turns a TOML syntax or schema error into our shape. The parser knows the span but not
     /// the dotted key, so the key is recovered from the text: the nearest table header above
     /// the span plus the key on the span's line.
-    pub fn from_toml(&self, err: &toml::de::Error) -> ConfigError {
+    pub fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
         let span = err.span();
         let key = span
             .as_ref()

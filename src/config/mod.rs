@@ -174,7 +174,7 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         let map = SourceMap::new(path, text);
         let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigErrors(vec![map.from_toml(&e)]))?;
+            toml::from_str(text).map_err(|e| ConfigErrors(vec![map.toml_error(&e)]))?;
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut v = Validator {
             map,
