@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 use tokio::time::Instant;
 
+use crate::auth::{Authenticated, Authenticator};
 use crate::client_ip::{client_ip, is_trusted};
 use crate::config::{Config, RouteAuth};
 use crate::proxy::headers::{ForwardedFacts, ManagedHeaders};
@@ -41,6 +42,7 @@ pub struct Route {
 /// Everything the pipeline needs, built from one validated [`Config`].
 pub struct Gate {
     routes: RouteTable<Route>,
+    auth: Authenticator,
     proxy: ProxySettings,
     trusted_proxies: Vec<IpNet>,
     access_log: bool,
@@ -71,8 +73,9 @@ impl Gate {
         }
         Ok(Gate {
             routes: RouteTable::new(entries),
+            auth: Authenticator::new(&config.auth),
             proxy: ProxySettings {
-                managed: ManagedHeaders::new(config.headers.all_names()),
+                managed: ManagedHeaders::new(&config.headers),
                 upstream_response: config.server.timeouts.upstream_response,
                 max_body_bytes: config.server.limits.max_body_bytes,
             },
@@ -90,11 +93,7 @@ impl Gate {
         let method = request.method().clone();
         let raw_path = request.uri().path().to_string();
 
-        let mut trace = Trace {
-            route: None,
-            path: None,
-            upstream_latency: None,
-        };
+        let mut trace = Trace::default();
         let result = self
             .pipeline(request, conn, peer_trusted, client, &request_id, &mut trace)
             .await;
@@ -114,6 +113,8 @@ impl Gate {
                 method = %method,
                 path = %trace.path.as_deref().unwrap_or(&raw_path),
                 route = trace.route.as_deref().unwrap_or("-"),
+                user = trace.user.as_deref().unwrap_or("-"),
+                auth = if trace.auth.is_empty() { "-" } else { trace.auth },
                 status = response.status().as_u16(),
                 upstream_ms = trace.upstream_latency.map(|d| d.as_secs_f64() * 1000.0),
                 duration_ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -147,16 +148,24 @@ impl Gate {
             .ok_or(Failure::NotFound)?;
         trace.route = Some(route.label.clone());
 
-        match route.auth {
-            RouteAuth::Public => {}
-            // Config validation refuses such routes until an auth scheme exists; failing
-            // closed here keeps that a guarantee rather than an assumption.
-            RouteAuth::Required => {
-                return Err(Failure::ServiceUnavailable {
-                    retry_after_secs: 60,
-                });
+        let identity: Option<Authenticated> = match route.auth {
+            RouteAuth::Public => {
+                trace.auth = "public";
+                None
             }
-        }
+            RouteAuth::Required => match self.auth.authenticate(request.headers()).await {
+                Ok(who) => {
+                    trace.auth = who.scheme().as_str();
+                    trace.user = Some(who.user().to_string());
+                    Some(who)
+                }
+                Err(rejection) => {
+                    trace.auth = rejection.reason();
+                    trace.user = rejection.presented_user().map(str::to_string);
+                    return Err(Failure::Unauthenticated(self.auth.challenge()));
+                }
+            },
+        };
 
         let facts = ForwardedFacts {
             peer: conn.peer.ip(),
@@ -165,6 +174,7 @@ impl Gate {
             proto: if conn.tls { "https" } else { "http" },
             host: host.as_deref(),
             request_id,
+            identity: identity.as_ref(),
         };
         let forwarded =
             proxy::forward(&route.upstream, &self.proxy, request, &path, &facts).await?;
@@ -175,11 +185,21 @@ impl Gate {
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()
     }
+
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.auth
+    }
 }
 
+/// What the access log reports about one request.
+#[derive(Default)]
 struct Trace {
     route: Option<String>,
     path: Option<String>,
+    /// The authenticated user, or the username presented with failed credentials.
+    user: Option<String>,
+    /// Scheme that succeeded or reason for failing ("public" when not needed).
+    auth: &'static str,
     upstream_latency: Option<Duration>,
 }
 

@@ -7,6 +7,9 @@
 //! - [`server`]: listeners, TLS, HTTP/1.1 + HTTP/2, timeouts, connection cap, graceful
 //!   shutdown.
 //! - [`gate`]: the request pipeline, readable top to bottom as one story.
+//! - [`auth`]: who is this? htpasswd Basic today; the `Authenticated` type only it can
+//!   build.
+//! - [`reload`]: debounced file watching for live reload.
 //! - [`client_ip`]: trusted-proxy aware client address.
 //! - [`routes`]: path normalisation and the route table.
 //! - [`proxy`]: upstream clients, header rewriting, streaming, upgrades, `builtin:echo`.
@@ -14,11 +17,13 @@
 //! - [`logging`]: tracing subscriber setup (text or JSON).
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod client_ip;
 pub mod config;
 pub mod gate;
 pub mod logging;
 pub mod proxy;
+pub mod reload;
 pub mod respond;
 pub mod routes;
 pub mod server;

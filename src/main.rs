@@ -30,19 +30,100 @@ struct Cli {
 enum Command {
     /// Validate the config and every file it references, print a summary, exit 0 or 1.
     Check,
+    /// Read a password from stdin (no echo on a terminal) and print an htpasswd hash:
+    /// argon2id by default, or bcrypt ($2y$, as Apache htpasswd -B writes it).
+    HashPassword {
+        /// Write bcrypt instead of argon2id (for files also read by Apache or nginx).
+        #[arg(long)]
+        bcrypt: bool,
+        /// bcrypt cost (4-31).
+        #[arg(long, value_name = "N", requires = "bcrypt", default_value_t = 10)]
+        cost: u32,
+        /// Print NAME:HASH, a line ready for an htpasswd file.
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     sallyport::install_crypto_provider();
+    if let Some(Command::HashPassword { bcrypt, cost, user }) = &cli.command {
+        return hash_password(*bcrypt, *cost, user.as_deref());
+    }
     let Some(path) = cli.config else {
         eprintln!("sallyport: no config given: pass --config PATH or set SALLYPORT_CONFIG");
         return ExitCode::from(1);
     };
     match cli.command {
         Some(Command::Check) => check(&path),
-        None => run(&path),
+        Some(Command::HashPassword { .. }) | None => run(&path),
     }
+}
+
+fn hash_password(bcrypt: bool, cost: u32, user: Option<&str>) -> ExitCode {
+    use sallyport::auth::htpasswd::{NewHash, hash_password};
+    if let Some(name) = user {
+        if name.is_empty() || name.contains(':') || name.chars().any(char::is_control) {
+            eprintln!(
+                "sallyport: --user: a user name cannot be empty or contain ':' or control characters"
+            );
+            return ExitCode::from(1);
+        }
+    }
+    let password = match read_password() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("sallyport: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let scheme = if bcrypt {
+        NewHash::Bcrypt { cost }
+    } else {
+        NewHash::Argon2id
+    };
+    match hash_password(password.as_bytes(), scheme) {
+        Ok(hash) => {
+            match user {
+                Some(name) => println!("{name}:{hash}"),
+                None => println!("{hash}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sallyport: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// On a terminal: prompt twice without echo. Otherwise: the first line of stdin, without
+/// its line ending (so `echo pw | sallyport hash-password` and here-strings work).
+fn read_password() -> Result<String, String> {
+    use std::io::{BufRead, IsTerminal};
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ")
+            .map_err(|e| format!("cannot read the password: {e}"))?;
+        let again = rpassword::prompt_password("Again: ")
+            .map_err(|e| format!("cannot read the password: {e}"))?;
+        if first != again {
+            return Err("the passwords do not match".into());
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+        let trimmed = line.strip_suffix('\n').unwrap_or(&line);
+        trimmed.strip_suffix('\r').unwrap_or(trimmed).to_string()
+    };
+    if password.is_empty() {
+        return Err("empty password".into());
+    }
+    Ok(password)
 }
 
 fn load(path: &Path) -> Option<Config> {

@@ -4,25 +4,54 @@
 //! internal details (addresses, OS errors); those go to the log with the request id.
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use std::sync::Arc;
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, Response, StatusCode};
 
 use crate::proxy::{ProxyBody, full_body};
 
+/// The schemes a 401 offers, one `WWW-Authenticate` field each, Basic first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    /// Validated at config load to need no escaping inside a quoted-string.
+    pub realm: Arc<str>,
+    pub basic: bool,
+}
+
+impl Challenge {
+    fn header_values(&self) -> Vec<HeaderValue> {
+        let mut values = Vec::new();
+        if self.basic {
+            // RFC 7617 section 2.1: charset="UTF-8" tells clients how to encode non-ASCII
+            // user names and passwords.
+            let v = format!("Basic realm=\"{}\", charset=\"UTF-8\"", self.realm);
+            values.extend(HeaderValue::from_str(&v).ok());
+        }
+        values
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
+    /// No, unusable or wrong credentials. One variant for all of them, on purpose: the
+    /// client must not learn which (the reason is logged instead).
+    Unauthenticated(Challenge),
     BadRequest(&'static str),
     NotFound,
     PayloadTooLarge,
     HeadersTooLarge,
     BadGateway,
     GatewayTimeout,
-    ServiceUnavailable { retry_after_secs: u64 },
+    ServiceUnavailable {
+        retry_after_secs: u64,
+    },
 }
 
 impl Failure {
     pub fn status(&self) -> StatusCode {
         match self {
+            Failure::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
             Failure::NotFound => StatusCode::NOT_FOUND,
             Failure::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -36,6 +65,7 @@ impl Failure {
     /// Machine-readable code, in the style of RFC 6750 error codes.
     fn code(&self) -> &'static str {
         match self {
+            Failure::Unauthenticated(_) => "unauthorized",
             Failure::BadRequest(_) => "invalid_request",
             Failure::NotFound => "not_found",
             Failure::PayloadTooLarge => "payload_too_large",
@@ -48,6 +78,9 @@ impl Failure {
 
     fn description(&self) -> &'static str {
         match self {
+            Failure::Unauthenticated(_) => {
+                "Valid credentials are required to access this resource."
+            }
             Failure::BadRequest(why) => why,
             Failure::NotFound => "No route is configured for this host and path.",
             Failure::PayloadTooLarge => "The request body is larger than this server accepts.",
@@ -127,8 +160,16 @@ pub fn failure_response(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
-    if let Failure::ServiceUnavailable { retry_after_secs } = failure {
-        headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+    match failure {
+        Failure::ServiceUnavailable { retry_after_secs } => {
+            headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        Failure::Unauthenticated(challenge) => {
+            for value in challenge.header_values() {
+                headers.append(WWW_AUTHENTICATE, value);
+            }
+        }
+        _ => {}
     }
     response
 }

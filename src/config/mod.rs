@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -25,6 +26,7 @@ use error::SourceMap;
 pub use error::{ConfigError, ConfigErrors};
 use raw::*;
 
+use crate::auth::basic::{LoadFailure, UserDb, load_user_db};
 use crate::routes::{self, HostPattern};
 
 #[derive(Debug)]
@@ -33,7 +35,25 @@ pub struct Config {
     pub server: Server,
     pub log: Log,
     pub headers: IdentityHeaders,
+    pub auth: AuthConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug)]
+pub struct AuthConfig {
+    /// Checked at load: printable ASCII without `"` or `\`, so it can be quoted as is.
+    pub realm: String,
+    pub basic: Option<BasicConfig>,
+}
+
+#[derive(Debug)]
+pub struct BasicConfig {
+    pub htpasswd: PathBuf,
+    pub groups: Option<PathBuf>,
+    pub cache_ttl: Duration,
+    pub allow_plain: bool,
+    /// The files as loaded and checked during validation.
+    pub users: Arc<UserDb>,
 }
 
 #[derive(Debug)]
@@ -209,7 +229,6 @@ impl Validator<'_> {
     fn config(&mut self, raw: RawConfig) -> Config {
         for (section, value) in [
             ("admin", &raw.admin),
-            ("auth", &raw.auth),
             ("rate_limit", &raw.rate_limit),
             ("cors", &raw.cors),
         ] {
@@ -235,9 +254,11 @@ impl Validator<'_> {
         };
         let log = self.log(raw.log);
         let headers = self.headers(raw.headers);
+        let auth = self.auth(raw.auth);
+        let has_scheme = auth.basic.is_some();
         let mut routes = Vec::new();
         for (i, r) in raw.route.into_iter().enumerate() {
-            if let Some(route) = self.route(i, r) {
+            if let Some(route) = self.route(i, r, has_scheme) {
                 routes.push(route);
             }
         }
@@ -249,7 +270,92 @@ impl Validator<'_> {
             server,
             log,
             headers,
+            auth,
             routes,
+        }
+    }
+
+    fn auth(&mut self, raw: Option<Spanned<RawAuth>>) -> AuthConfig {
+        let Some(raw) = raw else {
+            return AuthConfig {
+                realm: "Restricted".into(),
+                basic: None,
+            };
+        };
+        let raw = raw.into_inner();
+        for (name, value) in [("auth.jwt", &raw.jwt), ("auth.oidc", &raw.oidc)] {
+            if let Some(v) = value {
+                self.fail(
+                    span_of(v),
+                    name,
+                    "this scheme is not supported by this version of sallyport yet",
+                );
+            }
+        }
+        let realm = match raw.realm {
+            None => "Restricted".to_string(),
+            Some(r) => {
+                let text = r.get_ref().trim().to_string();
+                let printable = text
+                    .bytes()
+                    .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+                if text.is_empty() || !printable {
+                    self.fail(
+                        span_of(&r),
+                        "auth.realm",
+                        "must be non-empty printable ASCII without '\"' or '\\'",
+                    );
+                }
+                text
+            }
+        };
+        let basic = raw.basic.and_then(|b| self.basic(b));
+        AuthConfig { realm, basic }
+    }
+
+    fn basic(&mut self, raw: Spanned<RawBasic>) -> Option<BasicConfig> {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let cache_ttl = self.duration(
+            raw.cache_ttl,
+            "auth.basic.cache_ttl",
+            Duration::from_secs(300),
+        );
+        let allow_plain = raw.allow_plain.unwrap_or(false);
+        let Some(htpasswd_raw) = raw.htpasswd else {
+            self.fail(
+                Some(span),
+                "auth.basic.htpasswd",
+                "missing: the path of an htpasswd file",
+            );
+            return None;
+        };
+        let htpasswd = self.file(&htpasswd_raw, "auth.basic.htpasswd");
+        let groups = match &raw.groups {
+            Some(g) => Some(self.file(g, "auth.basic.groups")?),
+            None => None,
+        };
+        let htpasswd = htpasswd?;
+        match load_user_db(&htpasswd, groups.as_deref(), allow_plain) {
+            Ok(db) => Some(BasicConfig {
+                htpasswd,
+                groups,
+                cache_ttl,
+                allow_plain,
+                users: Arc::new(db),
+            }),
+            Err(LoadFailure::Htpasswd(why)) => {
+                self.fail(span_of(&htpasswd_raw), "auth.basic.htpasswd", why);
+                None
+            }
+            Err(LoadFailure::Groups(why)) => {
+                self.fail(
+                    raw.groups.as_ref().and_then(span_of),
+                    "auth.basic.groups",
+                    why,
+                );
+                None
+            }
         }
     }
 
@@ -658,7 +764,12 @@ impl Validator<'_> {
         }
     }
 
-    fn route(&mut self, index: usize, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
+    fn route(
+        &mut self,
+        index: usize,
+        raw: Spanned<RawRoute>,
+        has_scheme: bool,
+    ) -> Option<RouteConfig> {
         let route_span = raw.span();
         let raw = raw.into_inner();
         let key = |field: &str| format!("route[{index}].{field}");
@@ -713,15 +824,16 @@ impl Validator<'_> {
             });
 
         let auth = match raw.auth.as_ref().map(|a| a.get_ref().trim()) {
-            None | Some("required") => {
+            None | Some("required") if !has_scheme => {
                 self.fail(
                     raw.auth.as_ref().map(|a| a.span()).or(Some(route_span.clone())),
                     &key("auth"),
-                    "auth = \"required\" needs an [auth.*] scheme, which this version does not support yet; use auth = \"public\"",
+                    "auth = \"required\" (the default) needs an authentication scheme such as [auth.basic]; use auth = \"public\" for an open route",
                 );
                 ok = false;
                 RouteAuth::Required
             }
+            None | Some("required") => RouteAuth::Required,
             Some("public") => RouteAuth::Public,
             Some(_) => {
                 self.fail(

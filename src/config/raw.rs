@@ -17,7 +17,7 @@ pub struct RawConfig {
     /// Sections whose features have not landed yet: accepted by the parser so the error can
     /// say "not supported yet" instead of "unknown key".
     pub admin: Option<Spanned<toml::Value>>,
-    pub auth: Option<Spanned<toml::Value>>,
+    pub auth: Option<Spanned<RawAuth>>,
     pub rate_limit: Option<Spanned<toml::Value>>,
     pub cors: Option<Spanned<toml::Value>>,
     #[serde(default)]
@@ -101,4 +101,23 @@ pub struct RawRoute {
     pub require_scopes: Option<Spanned<toml::Value>>,
     pub require_claims: Option<Spanned<toml::Value>>,
     pub methods: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub realm: Option<Spanned<String>>,
+    pub basic: Option<Spanned<RawBasic>>,
+    pub jwt: Option<Spanned<toml::Value>>,
+    pub oidc: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasic {
+    pub htpasswd: Option<Spanned<String>>,
+    pub groups: Option<Spanned<String>>,
+    pub cache_ttl: Option<Spanned<String>>,
+    /// `{PLAIN}` entries are refused unless this is set.
+    pub allow_plain: Option<bool>,
 }

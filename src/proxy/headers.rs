@@ -13,7 +13,10 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use http::HeaderMap;
-use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE};
+use http::header::{AUTHORIZATION, CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE};
+
+use crate::auth::Authenticated;
+use crate::config::IdentityHeaders;
 
 /// Headers that describe one connection, never the message (RFC 9110 7.6.1), plus the
 /// legacy ones proxies have always treated the same way.
@@ -53,17 +56,22 @@ pub fn canonical(name: &str) -> String {
         .collect()
 }
 
-/// The set of canonical names that clients may never send through.
+/// The headers the proxy owns: their canonical names (which clients may never send
+/// through) and the configured identity headers (which we set).
 #[derive(Debug, Clone)]
 pub struct ManagedHeaders {
     canonical: HashSet<String>,
+    identity: IdentityHeaders,
 }
 
 impl ManagedHeaders {
-    pub fn new<'a>(identity: impl Iterator<Item = &'a HeaderName>) -> Self {
+    pub fn new(identity: &IdentityHeaders) -> Self {
         let mut names: HashSet<String> = PROXY_OWNED.iter().map(|h| canonical(h)).collect();
-        names.extend(identity.map(|h| canonical(h.as_str())));
-        Self { canonical: names }
+        names.extend(identity.all_names().map(|h| canonical(h.as_str())));
+        Self {
+            canonical: names,
+            identity: identity.clone(),
+        }
     }
 
     fn is_managed(&self, name: &HeaderName) -> bool {
@@ -114,6 +122,8 @@ pub struct ForwardedFacts<'a> {
     pub proto: &'static str,
     pub host: Option<&'a str>,
     pub request_id: &'a str,
+    /// Who the proxy verified, for routes that require authentication.
+    pub identity: Option<&'a Authenticated>,
 }
 
 /// Strip-then-set for one forwarded request. Values a trusted proxy sent are read before
@@ -174,6 +184,23 @@ pub fn rewrite_request(
     if let Some(host) = facts.host {
         set(headers, HOST.as_str(), host);
     }
+    if let Some(who) = facts.identity {
+        let names = &managed.identity;
+        if !names.forward_authorization {
+            // The credential was for us; the upstream gets the identity instead.
+            headers.remove(AUTHORIZATION);
+        }
+        // Names may be UTF-8 (obs-text in a field value); control characters were refused
+        // when the htpasswd file was loaded, so this cannot fail for a verified user.
+        if let Ok(v) = HeaderValue::from_bytes(who.user().as_bytes()) {
+            headers.insert(names.user.clone(), v);
+        }
+        if !who.groups().is_empty() {
+            if let Ok(v) = HeaderValue::from_bytes(who.groups().join(",").as_bytes()) {
+                headers.insert(names.groups.clone(), v);
+            }
+        }
+    }
 }
 
 fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
@@ -189,9 +216,14 @@ mod tests {
     use super::*;
 
     fn managed() -> ManagedHeaders {
-        let user = HeaderName::from_static("x-forwarded-user");
-        let email = HeaderName::from_static("x-forwarded-email");
-        ManagedHeaders::new([&user, &email].into_iter())
+        ManagedHeaders::new(&IdentityHeaders {
+            user: HeaderName::from_static("x-forwarded-user"),
+            email: HeaderName::from_static("x-forwarded-email"),
+            groups: HeaderName::from_static("x-forwarded-groups"),
+            preferred_username: HeaderName::from_static("x-forwarded-preferred-username"),
+            forward_authorization: false,
+            extra: Vec::new(),
+        })
     }
 
     #[test]
@@ -218,6 +250,7 @@ mod tests {
             proto: "https",
             host: Some("example.com"),
             request_id: "rid",
+            identity: None,
         };
         rewrite_request(&mut h, &managed(), &facts, false);
         assert!(

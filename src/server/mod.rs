@@ -49,6 +49,15 @@ impl Server {
     pub async fn bind(config: &Config) -> Result<Server, String> {
         let tls = config.server.tls.as_ref().map(tls::acceptor).transpose()?;
         let gate = Gate::new(config)?;
+        if let Some(basic) = gate.authenticator().basic() {
+            basic.watch_files()?;
+            if tls.is_none() {
+                tracing::warn!(
+                    "!!! HTTP Basic is enabled on a plain-HTTP listener: passwords cross the network in clear text. \
+                     Configure [server.tls], or terminate TLS in front of sallyport and listen on loopback only. !!!"
+                );
+            }
+        }
         let mut listeners = Vec::new();
         for addr in &config.server.listen {
             listeners.push(
@@ -79,6 +88,17 @@ impl Server {
 
     pub fn is_tls(&self) -> bool {
         self.shared.tls.is_some()
+    }
+
+    /// Reload attempts of the htpasswd/group files, when Basic auth is on.
+    pub fn basic_reloads(
+        &self,
+    ) -> Option<tokio::sync::watch::Receiver<crate::auth::basic::ReloadStatus>> {
+        self.shared
+            .gate
+            .authenticator()
+            .basic()
+            .map(|b| b.reload_status())
     }
 
     pub async fn run(self, shutdown: impl Future<Output = ()>) {

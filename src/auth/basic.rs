@@ -1,0 +1,293 @@
+//! HTTP Basic against an htpasswd file (plus an optional Apache group file).
+//!
+//! Speed without weakening anything:
+//! - a verified-credential cache, keyed by HMAC-SHA256 over the length-prefixed username
+//!   and password under a key generated at start, so the cache never holds a password or
+//!   anything that could be brute-forced offline, and `("ab","c")` never collides with
+//!   `("a","bc")`; only successes are cached, each for at most `cache_ttl`;
+//! - concurrent identical verifications share one hash computation (moka's
+//!   `try_get_with` runs one initialiser per key);
+//! - hashing runs on the blocking pool behind a semaphore sized to the CPU count, so a
+//!   flood of wrong passwords queues there while cached credentials skip the queue.
+//!
+//! A changed or removed user stops working at once: every cache hit is checked against
+//! the fingerprint of the user's current hash. An unknown user is checked against a dummy
+//! hash of the file's cost, so it takes as long as a wrong password.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use aws_lc_rs::hmac;
+use moka::future::Cache;
+use tokio::sync::{Semaphore, watch};
+
+use super::Rejection;
+use super::groups::GroupFile;
+use super::htpasswd::HtpasswdFile;
+use crate::config::BasicConfig;
+use crate::reload::FileWatcher;
+
+/// The parsed files, replaced as a whole on reload.
+#[derive(Debug)]
+pub struct UserDb {
+    htpasswd: HtpasswdFile,
+    groups: GroupFile,
+    /// Raw bytes of both files, to skip reloads that change nothing.
+    source: (Vec<u8>, Option<Vec<u8>>),
+}
+
+impl UserDb {
+    pub fn users(&self) -> usize {
+        self.htpasswd.len()
+    }
+
+    pub fn warnings(&self) -> &[String] {
+        self.htpasswd.warnings()
+    }
+}
+
+/// Which file failed to load, and why (never quoting its content).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadFailure {
+    Htpasswd(String),
+    Groups(String),
+}
+
+pub fn load_user_db(
+    htpasswd: &Path,
+    groups: Option<&Path>,
+    allow_plain: bool,
+) -> Result<UserDb, LoadFailure> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    let users_bytes = read(htpasswd).map_err(LoadFailure::Htpasswd)?;
+    let users_text = std::str::from_utf8(&users_bytes)
+        .map_err(|_| LoadFailure::Htpasswd(format!("{}: not UTF-8 text", htpasswd.display())))?;
+    let file = HtpasswdFile::parse(users_text, allow_plain)
+        .map_err(|e| LoadFailure::Htpasswd(format!("{}: {e}", htpasswd.display())))?;
+    let (group_file, group_bytes) = match groups {
+        None => (GroupFile::default(), None),
+        Some(path) => {
+            let bytes = read(path).map_err(LoadFailure::Groups)?;
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| LoadFailure::Groups(format!("{}: not UTF-8 text", path.display())))?;
+            let parsed = GroupFile::parse(text)
+                .map_err(|e| LoadFailure::Groups(format!("{}: {e}", path.display())))?;
+            (parsed, Some(bytes))
+        }
+    };
+    Ok(UserDb {
+        htpasswd: file,
+        groups: group_file,
+        source: (users_bytes, group_bytes),
+    })
+}
+
+/// Outcome of a reload attempt, published for tests and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadStatus {
+    /// Incremented on every attempt that found changed content, successful or not.
+    pub attempts: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Copy)]
+struct CachedCredential {
+    fingerprint: u64,
+}
+
+/// Shared by every request waiting on the same verification, hence `Copy`.
+#[derive(Debug, Clone, Copy)]
+enum Failed {
+    UnknownUser,
+    WrongPassword,
+    Unavailable,
+}
+
+pub struct BasicAuth {
+    db: ArcSwap<UserDb>,
+    htpasswd_path: PathBuf,
+    groups_path: Option<PathBuf>,
+    allow_plain: bool,
+    /// The cache and the per-process HMAC key its keys are made with.
+    cache: Option<(Cache<[u8; 32], CachedCredential>, hmac::Key)>,
+    hashing: Arc<Semaphore>,
+    reloads: watch::Sender<ReloadStatus>,
+    watcher: Mutex<Option<FileWatcher>>,
+}
+
+/// Bound on cached credentials; each entry is a few dozen bytes.
+const CACHE_CAPACITY: u64 = 100_000;
+
+impl BasicAuth {
+    pub fn new(config: &BasicConfig) -> BasicAuth {
+        // Without a random key there is no safe cache key; verify every time instead.
+        let key =
+            hmac::Key::generate(hmac::HMAC_SHA256, &aws_lc_rs::rand::SystemRandom::new()).ok();
+        let cache = key.filter(|_| !config.cache_ttl.is_zero()).map(|key| {
+            let cache = Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_live(config.cache_ttl)
+                .build();
+            (cache, key)
+        });
+        let hashers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        for warning in config.users.warnings() {
+            tracing::warn!(file = %config.htpasswd.display(), "{warning}");
+        }
+        BasicAuth {
+            db: ArcSwap::new(Arc::clone(&config.users)),
+            htpasswd_path: config.htpasswd.clone(),
+            groups_path: config.groups.clone(),
+            allow_plain: config.allow_plain,
+            cache,
+            hashing: Arc::new(Semaphore::new(hashers)),
+            reloads: watch::Sender::new(ReloadStatus::default()),
+            watcher: Mutex::new(None),
+        }
+    }
+
+    pub async fn verify(
+        &self,
+        user: String,
+        password: Vec<u8>,
+    ) -> Result<super::Verified, Rejection> {
+        let db = self.db.load_full();
+        let outcome = match &self.cache {
+            None => {
+                self.verify_uncached(Arc::clone(&db), user.clone(), password)
+                    .await
+            }
+            Some((cache, key)) => {
+                let key = cache_key(key, &user, &password);
+                let current = db.htpasswd.fingerprint(&user);
+                let cached = cache
+                    .try_get_with(
+                        key,
+                        self.verify_uncached(Arc::clone(&db), user.clone(), password.clone()),
+                    )
+                    .await
+                    .map_err(|e| *e);
+                match cached {
+                    Ok(c) if Some(c.fingerprint) == current => Ok(c),
+                    Ok(_) => {
+                        // Cached against a hash the user no longer has (changed, or removed
+                        // and re-added): forget it and check against the current file.
+                        cache.invalidate(&key).await;
+                        self.verify_uncached(Arc::clone(&db), user.clone(), password)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match outcome {
+            Ok(_) => Ok(super::Verified {
+                groups: db.groups.groups_of(&user).to_vec(),
+                user,
+            }),
+            Err(Failed::UnknownUser) => Err(Rejection::UnknownUser { user }),
+            Err(Failed::WrongPassword) => Err(Rejection::WrongPassword { user }),
+            Err(Failed::Unavailable) => Err(Rejection::Unavailable),
+        }
+    }
+
+    async fn verify_uncached(
+        &self,
+        db: Arc<UserDb>,
+        user: String,
+        password: Vec<u8>,
+    ) -> Result<CachedCredential, Failed> {
+        let permit = Arc::clone(&self.hashing)
+            .acquire_owned()
+            .await
+            .map_err(|_| Failed::Unavailable)?;
+        let fingerprint = db.htpasswd.fingerprint(&user);
+        let verified = tokio::task::spawn_blocking(move || {
+            // The permit travels with the work: if the client goes away mid-hash, the
+            // slot stays taken until the hash is really done.
+            let _permit = permit;
+            db.htpasswd.verify(&user, &password)
+        })
+        .await
+        .map_err(|_| Failed::Unavailable)?;
+        match (verified, fingerprint) {
+            (true, Some(fingerprint)) => Ok(CachedCredential { fingerprint }),
+            (_, Some(_)) => Err(Failed::WrongPassword),
+            (_, None) => Err(Failed::UnknownUser),
+        }
+    }
+
+    /// Re-reads the files. On any error the current users stay in place.
+    pub fn reload(&self) {
+        let current = self.db.load();
+        let loaded = load_user_db(
+            &self.htpasswd_path,
+            self.groups_path.as_deref(),
+            self.allow_plain,
+        );
+        let outcome = match loaded {
+            Ok(db) if db.source == current.source => return,
+            Ok(db) => {
+                for warning in db.warnings() {
+                    tracing::warn!(file = %self.htpasswd_path.display(), "{warning}");
+                }
+                tracing::info!(file = %self.htpasswd_path.display(), users = db.users(), "htpasswd reloaded");
+                self.db.store(Arc::new(db));
+                None
+            }
+            Err(LoadFailure::Htpasswd(e) | LoadFailure::Groups(e)) => {
+                tracing::error!(error = %e, "reload failed; keeping the previous users and groups");
+                Some(e)
+            }
+        };
+        self.reloads.send_modify(|s| {
+            s.attempts += 1;
+            s.last_error = outcome;
+        });
+    }
+
+    /// Watches the files' directories and reloads on change (debounced).
+    pub fn watch_files(self: &Arc<Self>) -> Result<(), String> {
+        let mut paths = vec![self.htpasswd_path.clone()];
+        paths.extend(self.groups_path.clone());
+        let weak = Arc::downgrade(self);
+        let watcher = FileWatcher::start(&paths, Duration::from_millis(200), move || {
+            if let Some(basic) = weak.upgrade() {
+                basic.reload();
+            }
+        })?;
+        if let Ok(mut slot) = self.watcher.lock() {
+            *slot = Some(watcher);
+        }
+        Ok(())
+    }
+
+    pub fn reload_status(&self) -> watch::Receiver<ReloadStatus> {
+        self.reloads.subscribe()
+    }
+}
+
+fn cache_key(key: &hmac::Key, user: &str, password: &[u8]) -> [u8; 32] {
+    let mut ctx = hmac::Context::with_key(key);
+    ctx.update(&(user.len() as u64).to_be_bytes());
+    ctx.update(user.as_bytes());
+    ctx.update(&(password.len() as u64).to_be_bytes());
+    ctx.update(password);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_keys_are_length_prefixed() {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, b"k");
+        assert_ne!(cache_key(&key, "ab", b"c"), cache_key(&key, "a", b"bc"));
+        assert_eq!(cache_key(&key, "a", b"bc"), cache_key(&key, "a", b"bc"));
+    }
+}

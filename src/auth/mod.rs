@@ -1,0 +1,241 @@
+//! Authentication: who is this request from?
+//!
+//! [`Authenticated`] can only be constructed in this module, so the forwarder (which takes
+//! one to set identity headers) cannot be handed an identity nobody verified.
+//! [`Rejection`] says precisely why authentication failed; that reason goes to the log
+//! only. Clients get one uniform challenge whatever the reason, so a response never
+//! reveals whether a username exists.
+
+pub mod basic;
+pub mod groups;
+pub mod htpasswd;
+
+use std::sync::Arc;
+
+use base64ct::{Base64, Encoding};
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
+
+use crate::config::AuthConfig;
+use crate::respond::Challenge;
+use basic::BasicAuth;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Basic,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Basic => "basic",
+        }
+    }
+}
+
+/// A verified identity. Fields are private and there is no public constructor.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    user: String,
+    groups: Vec<String>,
+    scheme: Scheme,
+}
+
+impl Authenticated {
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub fn groups(&self) -> &[String] {
+        &self.groups
+    }
+
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
+    }
+}
+
+/// What a scheme verified, before it becomes an [`Authenticated`].
+pub struct Verified {
+    user: String,
+    groups: Vec<String>,
+}
+
+/// Why a request was not authenticated. For the log, never for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// No credentials at all: the first step of every challenge, not an attack.
+    Missing,
+    /// A scheme no enabled authenticator accepts (e.g. Digest, or Bearer without JWT).
+    UnsupportedScheme,
+    /// Credentials that do not parse: bad base64, no colon, non-UTF-8 username, too long,
+    /// or several Authorization fields.
+    Malformed(&'static str),
+    UnknownUser {
+        user: String,
+    },
+    WrongPassword {
+        user: String,
+    },
+    /// The verification could not run (the process is shutting down).
+    Unavailable,
+}
+
+impl Rejection {
+    /// The log's reason code.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Missing => "missing",
+            Rejection::UnsupportedScheme => "unsupported_scheme",
+            Rejection::Malformed(_) => "malformed",
+            Rejection::UnknownUser { .. } => "unknown_user",
+            Rejection::WrongPassword { .. } => "invalid_password",
+            Rejection::Unavailable => "unavailable",
+        }
+    }
+
+    /// The username presented, if any (for the log).
+    pub fn presented_user(&self) -> Option<&str> {
+        match self {
+            Rejection::UnknownUser { user } | Rejection::WrongPassword { user } => Some(user),
+            _ => None,
+        }
+    }
+}
+
+/// Longest Basic credential we decode. Real ones are far shorter; this bounds the work a
+/// hostile header can cause (the header itself is already bounded by max_header_bytes).
+const MAX_BASIC_TOKEN: usize = 4096;
+
+pub struct Authenticator {
+    challenge: Challenge,
+    basic: Option<Arc<BasicAuth>>,
+}
+
+impl Authenticator {
+    pub fn new(config: &AuthConfig) -> Authenticator {
+        let basic = config.basic.as_ref().map(|b| Arc::new(BasicAuth::new(b)));
+        Authenticator {
+            challenge: Challenge {
+                realm: Arc::from(config.realm.as_str()),
+                basic: basic.is_some(),
+            },
+            basic,
+        }
+    }
+
+    pub fn challenge(&self) -> Challenge {
+        self.challenge.clone()
+    }
+
+    pub fn basic(&self) -> Option<&Arc<BasicAuth>> {
+        self.basic.as_ref()
+    }
+
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Authenticated, Rejection> {
+        let mut fields = headers.get_all(AUTHORIZATION).iter();
+        let Some(field) = fields.next() else {
+            return Err(Rejection::Missing);
+        };
+        if fields.next().is_some() {
+            return Err(Rejection::Malformed("more than one Authorization field"));
+        }
+        let field = field.as_bytes();
+        let (scheme, token) = match field.iter().position(|&b| b == b' ') {
+            Some(i) => (&field[..i], trim_spaces(&field[i + 1..])),
+            None => (field, &b""[..]),
+        };
+        if scheme.eq_ignore_ascii_case(b"basic") {
+            if let Some(basic) = &self.basic {
+                let (user, password) = parse_basic(token)?;
+                let verified = basic.verify(user, password).await?;
+                return Ok(Authenticated {
+                    user: verified.user,
+                    groups: verified.groups,
+                    scheme: Scheme::Basic,
+                });
+            }
+        }
+        Err(Rejection::UnsupportedScheme)
+    }
+}
+
+fn trim_spaces(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|&b| b != b' ').unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != b' ')
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
+/// RFC 7617: base64 of `user-id ":" password`; the username is UTF-8 (we announce
+/// `charset="UTF-8"`) and cannot contain a colon; the password may be any bytes.
+fn parse_basic(token: &[u8]) -> Result<(String, Vec<u8>), Rejection> {
+    if token.is_empty() {
+        return Err(Rejection::Malformed("empty Basic credentials"));
+    }
+    if token.len() > MAX_BASIC_TOKEN {
+        return Err(Rejection::Malformed("Basic credentials too long"));
+    }
+    let text = std::str::from_utf8(token)
+        .map_err(|_| Rejection::Malformed("Basic credentials are not base64"))?;
+    let decoded = Base64::decode_vec(text)
+        .map_err(|_| Rejection::Malformed("Basic credentials are not base64"))?;
+    let colon = decoded
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(Rejection::Malformed(
+            "Basic credentials have no ':' separator",
+        ))?;
+    let user = std::str::from_utf8(&decoded[..colon])
+        .map_err(|_| Rejection::Malformed("Basic username is not UTF-8"))?
+        .to_string();
+    if user.is_empty() {
+        return Err(Rejection::Malformed("empty Basic username"));
+    }
+    Ok((user, decoded[colon + 1..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_parse_per_rfc_7617() {
+        assert_eq!(
+            parse_basic(b"YWxpY2U6c2VjcmV0").unwrap(),
+            ("alice".to_string(), b"secret".to_vec())
+        );
+        // Passwords may contain colons and arbitrary bytes; usernames are UTF-8.
+        let token = Base64::encode_string("jörg:a:b\u{0}\u{ff}".as_bytes());
+        let (user, password) = parse_basic(token.as_bytes()).unwrap();
+        assert_eq!(user, "jörg");
+        assert_eq!(password, "a:b\u{0}\u{ff}".as_bytes());
+        let latin1_user = Base64::encode_string(b"j\xf6rg:pw");
+        assert_eq!(
+            parse_basic(latin1_user.as_bytes()),
+            Err(Rejection::Malformed("Basic username is not UTF-8"))
+        );
+    }
+
+    #[test]
+    fn malformed_basic_is_rejected_not_panicking() {
+        let long = "A".repeat(MAX_BASIC_TOKEN + 4);
+        for bad in [
+            &b""[..],
+            b"!!!",
+            b"YWxpY2U",
+            b"YWxpY2U=",
+            b"\xff\xfe",
+            long.as_bytes(),
+            b"OnBhc3M=",
+        ] {
+            assert!(
+                matches!(parse_basic(bad), Err(Rejection::Malformed(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}
