@@ -134,6 +134,7 @@ pub fn url(addr: SocketAddr, path: &str) -> String {
 pub struct Proxy {
     pub addr: SocketAddr,
     pub addrs: Vec<SocketAddr>,
+    pub basic_reloads: Option<tokio::sync::watch::Receiver<sallyport::auth::basic::ReloadStatus>>,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<()>>,
 }
@@ -147,6 +148,7 @@ impl Proxy {
             .unwrap_or_else(|e| panic!("test config is invalid:\n{e}\n---\n{config}"));
         let server = Server::bind(&config).await.unwrap();
         let addrs = server.local_addrs();
+        let basic_reloads = server.basic_reloads();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             let _ = rx.await;
@@ -154,6 +156,7 @@ impl Proxy {
         Proxy {
             addr: addrs[0],
             addrs,
+            basic_reloads,
             shutdown: Some(tx),
             task: Some(task),
         }

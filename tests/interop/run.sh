@@ -30,6 +30,7 @@ FAILURES=""
 # shellcheck source=tests/interop/lib.sh
 source "$ROOT/tests/interop/lib.sh"
 
+trap 'echo "interop: aborted in $(basename "${topic:-run.sh}") at line $LINENO"' ERR
 for topic in "$ROOT"/tests/interop/[0-9]*.sh; do
     echo "== $(basename "$topic")"
     # shellcheck disable=SC1090
