@@ -189,6 +189,13 @@ fn run(path: &Path) -> ExitCode {
         }
     };
     runtime.block_on(async {
+        let shutdown = match shutdown_signal() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("sallyport: cannot install signal handlers: {e}");
+                return ExitCode::from(1);
+            }
+        };
         let server = match Server::bind(&config).await {
             Ok(s) => s,
             Err(e) => {
@@ -196,25 +203,23 @@ fn run(path: &Path) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        server.run(shutdown_signal()).await;
+        server.run(shutdown).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
 }
 
-/// Resolves on the first SIGTERM (Kubernetes, systemd) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+/// Registers SIGTERM (Kubernetes, systemd) and SIGINT (Ctrl-C) handlers now, so a signal
+/// that arrives while we are still starting is not fatal, and returns a future that
+/// resolves on the first of them.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            std::future::pending::<()>().await;
-            return;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
+    })
 }

@@ -235,19 +235,36 @@ fn sigterm_drains_and_exits_zero() {
 #[test]
 fn a_bad_htpasswd_line_is_named_with_the_config_key() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("users"), "alice:$2y$05$abcdefghijklmnopqrstuv\n\nbob:s3cr3t-plain\n").unwrap();
+    std::fs::write(
+        dir.path().join("users"),
+        "alice:$2y$05$abcdefghijklmnopqrstuv\n\nbob:s3cr3t-plain\n",
+    )
+    .unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(
         &path,
         "[auth.basic]\nhtpasswd = \"users\"\n\n[[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\n",
     )
     .unwrap();
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("bad.toml:2: auth.basic.htpasswd:"), "{stderr}");
-    assert!(stderr.contains("users: line 1: malformed bcrypt hash"), "{stderr}");
-    assert!(!stderr.contains("abcdefghij"), "the hash must not be echoed: {stderr}");
+    assert!(
+        stderr.contains("bad.toml:2: auth.basic.htpasswd:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("users: line 1: malformed bcrypt hash"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("abcdefghij"),
+        "the hash must not be echoed: {stderr}"
+    );
 }
 
 #[test]
@@ -262,12 +279,24 @@ fn required_routes_need_a_scheme() {
 fn hash_password_reads_stdin_and_writes_an_htpasswd_line() {
     use std::io::Write;
     let mut child = Command::new(BIN)
-        .args(["hash-password", "--bcrypt", "--cost", "4", "--user", "alice"])
+        .args([
+            "hash-password",
+            "--bcrypt",
+            "--cost",
+            "4",
+            "--user",
+            "alice",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"s3cret pw\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"s3cret pw\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let line = String::from_utf8(out.stdout).unwrap();
@@ -275,9 +304,16 @@ fn hash_password_reads_stdin_and_writes_an_htpasswd_line() {
     assert_eq!(user, "alice");
     assert!(hash.starts_with("$2y$04$"), "{hash}");
     let file = sallyport::auth::htpasswd::HtpasswdFile::parse(&line, false).unwrap();
-    assert!(file.verify("alice", b"s3cret pw"), "the trailing newline is not part of the password");
+    assert!(
+        file.verify("alice", b"s3cret pw"),
+        "the trailing newline is not part of the password"
+    );
 
-    let empty = Command::new(BIN).arg("hash-password").stdin(Stdio::null()).output().unwrap();
+    let empty = Command::new(BIN)
+        .arg("hash-password")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     assert_eq!(empty.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&empty.stderr).contains("empty password"));
 }
