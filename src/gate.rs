@@ -243,6 +243,13 @@ fn request_host(request: &Request<Incoming>) -> Result<Option<String>, Failure> 
         None => None,
     };
     let authority = request.uri().authority().map(|a| a.as_str());
+    // Userinfo has no place in a Host (RFC 9110 7.2); a backend might still read the part
+    // after '@' as the host, while we would route on the whole string.
+    if authority.is_some_and(|a| a.contains('@')) || host_field.is_some_and(|h| h.contains('@')) {
+        return Err(Failure::BadRequest(
+            "The Host header or request target has userinfo.",
+        ));
+    }
     match (authority, host_field) {
         (Some(a), Some(h))
             if request.version() == Version::HTTP_2 && !a.eq_ignore_ascii_case(h) =>

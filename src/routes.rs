@@ -19,6 +19,7 @@ pub enum PathError {
     NotOriginForm,
     BadEscape,
     AmbiguousByte,
+    DotSegmentWithParams,
 }
 
 impl fmt::Display for PathError {
@@ -28,6 +29,9 @@ impl fmt::Display for PathError {
             PathError::BadEscape => "the request path has a malformed percent-escape",
             PathError::AmbiguousByte => {
                 "the request path contains an encoded slash, backslash or control character"
+            }
+            PathError::DotSegmentWithParams => {
+                "the request path has a dot segment with ';' parameters"
             }
         })
     }
@@ -90,6 +94,11 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     // Pass 2: collapse slashes and resolve dot segments.
     let mut segments: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
+        // Servlet containers strip ";params" from each segment before resolving dots, so
+        // "/public/..;/admin" is "/admin" to them; such segments are refused.
+        if seg.contains(';') && matches!(seg.split(';').next(), Some("." | "..")) {
+            return Err(PathError::DotSegmentWithParams);
+        }
         match seg {
             "" | "." => {}
             ".." => {
@@ -127,14 +136,14 @@ pub fn normalize_route_prefix(raw: &str) -> Result<String, String> {
     }
 }
 
-/// `true` when `path` is `prefix` or lies below it segment-wise: `/api` matches `/api` and
-/// `/api/x`, not `/apix`.
+/// `true` when `path` is `prefix` or lies below it segment-wise: `/api` matches `/api`,
+/// `/api/x` and `/api;jsessionid=1` (servlet containers serve that as `/api`), not `/apix`.
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     prefix == "/"
         || path == prefix
         || (path.len() > prefix.len()
             && path.starts_with(prefix)
-            && path.as_bytes()[prefix.len()] == b'/')
+            && matches!(path.as_bytes()[prefix.len()], b'/' | b';'))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,7 +304,17 @@ mod tests {
     #[test]
     fn rejects_ambiguous_paths() {
         for bad in [
-            "/a%2fb", "/a%2Fb", "/a%5cb", "/a\\b", "/a%00", "/a%0a", "/a%", "/a%zz", "/a%4",
+            "/a%2fb",
+            "/a%2Fb",
+            "/a%5cb",
+            "/a\\b",
+            "/a%00",
+            "/a%0a",
+            "/a%",
+            "/a%zz",
+            "/a%4",
+            "/public/..;/admin",
+            "/x/.;a/y",
         ] {
             assert!(normalize_path(bad).is_err(), "should reject {bad}");
         }
@@ -313,6 +332,8 @@ mod tests {
         assert!(prefix_matches("/api", "/api/"));
         assert!(prefix_matches("/api", "/api/v1"));
         assert!(!prefix_matches("/api", "/apix"));
+        assert!(prefix_matches("/admin", "/admin;jsessionid=1"));
+        assert!(!prefix_matches("/admin", "/admin2;x"));
         assert!(!prefix_matches("/api", "/"));
         assert_eq!(normalize_route_prefix("/api/").unwrap(), "/api");
     }

@@ -663,3 +663,94 @@ async fn plain_http_listener_without_tls() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.contains("\"x-forwarded-proto\":[\"http\"]"), "{out}");
 }
+
+#[tokio::test]
+async fn path_parameters_and_userinfo_cannot_steer_routing() {
+    let pki = Pki::new();
+    let public = spawn_upstream(|_req| async { Response::new(full("public")) }).await;
+    let admin = spawn_upstream(|req: hyper::Request<hyper::body::Incoming>| async move {
+        Response::new(full(format!("admin {}", req.uri().path())))
+    })
+    .await;
+    let config = format!(
+        "{}{}{}{}",
+        server_section(""),
+        pki.tls_section(),
+        public_route("/public", &format!("http://{public}")),
+        public_route("/admin", &format!("http://{admin}")),
+    );
+    let proxy = Proxy::start(pki.dir.path(), &config).await;
+    let exchange = |target: &'static str, host: &'static str| {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let pki = &pki;
+        let addr = proxy.addr;
+        async move { raw_exchange(pki, addr, request.as_bytes()).await }
+    };
+    // Servlet containers read "/public/..;/admin" as "/admin".
+    assert!(
+        exchange("/public/..;/admin", "localhost")
+            .await
+            .starts_with("HTTP/1.1 400")
+    );
+    assert!(
+        exchange("/public/.;x/y", "localhost")
+            .await
+            .starts_with("HTTP/1.1 400")
+    );
+    // "/admin;jsessionid=x" is "/admin" to them, so it must match the /admin route.
+    let raw = exchange("/admin;jsessionid=x", "localhost").await;
+    assert!(raw.ends_with("admin /admin;jsessionid=x"), "{raw}");
+    assert!(
+        exchange("/public", "evil@localhost")
+            .await
+            .starts_with("HTTP/1.1 400")
+    );
+}
+
+#[tokio::test]
+async fn only_websocket_upgrades_are_relayed() {
+    let pki = Pki::new();
+    let upstream = spawn_inspecting_upstream().await;
+    let proxy = proxy_to(&pki, &format!("http://{upstream}"), "").await;
+    let raw = raw_exchange(
+        &pki,
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    let body = raw.split_once("\r\n\r\n").unwrap().1.to_ascii_lowercase();
+    assert!(
+        !body.contains("upgrade") && !body.contains("http2-settings"),
+        "h2c upgrade reached the upstream: {body}"
+    );
+}
+
+#[tokio::test]
+async fn http2_cookie_fields_are_joined_for_the_upstream() {
+    let pki = Pki::new();
+    let upstream = spawn_inspecting_upstream().await;
+    let proxy = proxy_to(&pki, &format!("http://{upstream}"), "").await;
+    let tls = pki
+        .raw_tls_with(proxy.addr, pki.client_config(&[b"h2"]))
+        .await;
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::get(url(proxy.addr, "/"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["headers"]["cookie"], serde_json::json!(["a=1; b=2"]));
+}

@@ -30,7 +30,6 @@ use crate::config::BasicConfig;
 use crate::reload::FileWatcher;
 
 /// The parsed files, replaced as a whole on reload.
-#[derive(Debug)]
 pub struct UserDb {
     htpasswd: HtpasswdFile,
     groups: GroupFile,
@@ -45,6 +44,15 @@ impl UserDb {
 
     pub fn warnings(&self) -> &[String] {
         self.htpasswd.warnings()
+    }
+}
+
+/// Counts only: the source bytes hold every hash (and any {PLAIN} password).
+impl std::fmt::Debug for UserDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserDb")
+            .field("users", &self.htpasswd.len())
+            .finish_non_exhaustive()
     }
 }
 

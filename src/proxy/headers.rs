@@ -20,8 +20,9 @@ use crate::config::IdentityHeaders;
 
 /// Headers that describe one connection, never the message (RFC 9110 7.6.1), plus the
 /// legacy ones proxies have always treated the same way.
-const HOP_BY_HOP: [&str; 9] = [
+const HOP_BY_HOP: [&str; 10] = [
     "connection",
+    "http2-settings",
     "proxy-connection",
     "keep-alive",
     "proxy-authenticate",
@@ -89,9 +90,15 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// Whether this HTTP/1.1 request asks to switch protocols (e.g. WebSocket).
-pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE) && connection_tokens(headers).iter().any(|t| t == "upgrade")
+/// Whether this request asks for a WebSocket upgrade, the only protocol switch relayed.
+/// Anything else (notably `Upgrade: h2c`) is dropped: an upstream that switched to h2c
+/// would hand the client a tunnel on which later requests skip authentication.
+pub fn is_websocket_upgrade(method: &http::Method, headers: &HeaderMap) -> bool {
+    method == http::Method::GET
+        && headers
+            .get(UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && connection_tokens(headers).iter().any(|t| t == "upgrade")
 }
 
 /// Removes hop-by-hop headers. When `keep_upgrade` is set the `Upgrade` header and a bare
@@ -148,7 +155,6 @@ pub fn rewrite_request(
     let prior_for = trusted_value(headers, "x-forwarded-for");
     let prior_proto = trusted_value(headers, "x-forwarded-proto");
     let prior_host = trusted_value(headers, "x-forwarded-host");
-    let prior_forwarded = trusted_value(headers, "forwarded");
 
     strip_hop_by_hop(headers, keep_upgrade);
     let doomed: Vec<HeaderName> = headers
@@ -166,9 +172,11 @@ pub fn rewrite_request(
         None => peer,
     };
     set(headers, "x-forwarded-for", &xff);
+    // The rightmost value was written by the trusted hop closest to us; values to its left
+    // may come from the client.
     let proto = prior_proto
         .as_deref()
-        .and_then(|p| p.split(',').next())
+        .and_then(|p| p.rsplit(',').next())
         .map(str::trim)
         .filter(|p| matches!(*p, "http" | "https"))
         .unwrap_or(facts.proto);
@@ -176,20 +184,19 @@ pub fn rewrite_request(
     if let Some(host) = prior_host.as_deref().or(facts.host) {
         set(headers, "x-forwarded-host", host);
     }
-    if let Some(fwd) = prior_forwarded {
-        set(headers, "forwarded", &fwd);
-    }
     set(headers, "x-real-ip", &facts.client_ip.to_string());
     set(headers, "x-request-id", facts.request_id);
     if let Some(host) = facts.host {
         set(headers, HOST.as_str(), host);
     }
+    join_cookies(headers);
+    let names = &managed.identity;
+    if !names.forward_authorization {
+        // On every route, public ones included: browsers resend cached Basic credentials
+        // to every path under the protected space, and the upstream must never see them.
+        headers.remove(AUTHORIZATION);
+    }
     if let Some(who) = facts.identity {
-        let names = &managed.identity;
-        if !names.forward_authorization {
-            // The credential was for us; the upstream gets the identity instead.
-            headers.remove(AUTHORIZATION);
-        }
         // Names may be UTF-8 (obs-text in a field value); control characters were refused
         // when the htpasswd file was loaded, so this cannot fail for a verified user.
         if let Ok(v) = HeaderValue::from_bytes(who.user().as_bytes()) {
@@ -199,6 +206,22 @@ pub fn rewrite_request(
             if let Ok(v) = HeaderValue::from_bytes(who.groups().join(",").as_bytes()) {
                 headers.insert(names.groups.clone(), v);
             }
+        }
+    }
+}
+
+/// HTTP/2 clients may split `Cookie` into several fields (RFC 9113 8.2.3); HTTP/1.1
+/// upstreams expect one, joined with "; ".
+fn join_cookies(headers: &mut HeaderMap) {
+    let cookies: Vec<HeaderValue> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    if cookies.len() > 1 {
+        let joined: Vec<&[u8]> = cookies.iter().map(HeaderValue::as_bytes).collect();
+        if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+            headers.insert(http::header::COOKIE, v);
         }
     }
 }
@@ -289,7 +312,11 @@ mod tests {
         h.insert(CONNECTION, HeaderValue::from_static("Upgrade, X-Hop"));
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-hop", HeaderValue::from_static("1"));
-        assert!(is_upgrade_request(&h));
+        assert!(is_websocket_upgrade(&http::Method::GET, &h));
+        assert!(!is_websocket_upgrade(&http::Method::POST, &h));
+        let mut h2c = h.clone();
+        h2c.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(!is_websocket_upgrade(&http::Method::GET, &h2c));
         let mut kept = h.clone();
         strip_hop_by_hop(&mut kept, true);
         assert_eq!(kept[UPGRADE], "websocket");

@@ -178,8 +178,8 @@ pub async fn forward(
         }
     }
 
-    let wants_upgrade =
-        request.version() == Version::HTTP_11 && headers::is_upgrade_request(request.headers());
+    let wants_upgrade = request.version() == Version::HTTP_11
+        && headers::is_websocket_upgrade(request.method(), request.headers());
     let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
 
     let (mut parts, body) = request.into_parts();
