@@ -33,6 +33,10 @@ use crate::reload::FileWatcher;
 pub struct UserDb {
     htpasswd: HtpasswdFile,
     groups: GroupFile,
+    /// How long checking the file's most expensive hash takes. Every failed verification
+    /// takes at least this long, so a wrong password for a user with a cheap hash answers
+    /// no faster than an unknown user (who is checked against a dummy of that hash).
+    failure_floor: Duration,
     /// Raw bytes of both files, to skip reloads that change nothing.
     source: (Vec<u8>, Option<Vec<u8>>),
 }
@@ -85,9 +89,15 @@ pub fn load_user_db(
             (parsed, Some(bytes))
         }
     };
+    // The NUL user cannot exist (control characters are refused at load), so this times
+    // exactly the dummy-hash path an unknown user takes.
+    let probe = std::time::Instant::now();
+    let _ = file.verify("\0", b"timing probe");
+    let failure_floor = probe.elapsed();
     Ok(UserDb {
         htpasswd: file,
         groups: group_file,
+        failure_floor,
         source: (users_bytes, group_bytes),
     })
 }
@@ -161,6 +171,7 @@ impl BasicAuth {
         user: String,
         password: Vec<u8>,
     ) -> Result<super::Verified, Rejection> {
+        let started = tokio::time::Instant::now();
         let db = self.db.load_full();
         let outcome = match &self.cache {
             None => {
@@ -190,6 +201,9 @@ impl BasicAuth {
                 }
             }
         };
+        if matches!(outcome, Err(Failed::UnknownUser | Failed::WrongPassword)) {
+            tokio::time::sleep_until(started + db.failure_floor).await;
+        }
         match outcome {
             Ok(_) => Ok(super::Verified {
                 groups: db.groups.groups_of(&user).to_vec(),
@@ -291,6 +305,31 @@ fn cache_key(key: &hmac::Key, user: &str, password: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn every_failure_takes_at_least_the_most_expensive_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        let dear = crate::auth::htpasswd::hash_password(b"pw", crate::auth::htpasswd::NewHash::Bcrypt { cost: 6 });
+        // {SHA} of "password": cheap, checked in microseconds.
+        std::fs::write(&path, format!("cheap:{{SHA}}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\ndear:{}\n", dear.unwrap())).unwrap();
+        let users = Arc::new(load_user_db(&path, None, false).unwrap());
+        let floor = users.failure_floor;
+        assert!(floor > Duration::ZERO);
+        let basic = BasicAuth::new(&BasicConfig {
+            htpasswd: path,
+            groups: None,
+            cache_ttl: Duration::ZERO,
+            allow_plain: false,
+            users,
+        });
+        for (user, password) in [("cheap", "wrong"), ("nobody", "wrong"), ("dear", "wrong")] {
+            let started = tokio::time::Instant::now();
+            assert!(basic.verify(user.into(), password.into()).await.is_err());
+            assert!(started.elapsed() >= floor, "{user}: {:?} < {floor:?}", started.elapsed());
+        }
+        assert!(basic.verify("cheap".into(), b"password".to_vec()).await.is_ok());
+    }
 
     #[test]
     fn cache_keys_are_length_prefixed() {
