@@ -93,12 +93,13 @@ async fn slow_request_headers_are_cut_at_header_read() {
 #[tokio::test(start_paused = true)]
 async fn idle_keep_alive_connections_are_closed() {
     let pki = Pki::new();
-    // hyper's header_read timer also runs while a keep-alive connection waits for its next
-    // request, so it is set above `idle` here to show `idle` doing the closing.
+    // header_read is shorter than idle on purpose: it bounds a request head that is
+    // arriving, not the quiet wait for the next request on a keep-alive connection (load
+    // balancers reuse idle connections for a minute or more).
     let proxy = proxy_with(
         &pki,
         "builtin:echo",
-        "[server.timeouts]\nidle = \"20s\"\nheader_read = \"90s\"",
+        "[server.timeouts]\nidle = \"20s\"\nheader_read = \"5s\"",
     )
     .await;
     let mut tls = pki.raw_tls(proxy.addr).await;
@@ -204,4 +205,95 @@ async fn connections_beyond_max_connections_wait_for_a_free_slot() {
         .unwrap();
     let response = read_until_closed(&mut second).await;
     assert!(String::from_utf8_lossy(&response).starts_with("HTTP/1.1 200"));
+}
+
+/// A WebSocket relay keeps the slot of the connection it came from, and is closed once
+/// nothing moves on it for `idle`.
+#[tokio::test(start_paused = true)]
+async fn websocket_relays_count_against_max_connections_and_idle_out() {
+    use futures_util::{SinkExt, StreamExt};
+    let pki = Pki::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() && ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = proxy_with(
+        &pki,
+        &format!("http://{ws_upstream}"),
+        "[server.limits]\nmax_connections = 1\n[server.timeouts]\nidle = \"30s\"",
+    )
+    .await;
+    let tls = pki.raw_tls(proxy.addr).await;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("wss://localhost:{}/ws", proxy.addr.port()), tls)
+            .await
+            .unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hi"))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "hi"
+    );
+    let last_message = Instant::now();
+
+    // While the relay lives, the only slot is taken.
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let config = std::sync::Arc::new(pki.client_config(&[b"http/1.1"]));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut second = Box::pin(tokio_rustls::TlsConnector::from(config).connect(name, tcp));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), &mut second)
+            .await
+            .is_err(),
+        "served while the relay holds the slot"
+    );
+
+    // Silence on the relay: it is closed after `idle`, and the slot frees up.
+    let end = ws.next().await;
+    assert!(
+        !matches!(
+            end,
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(_)))
+        ),
+        "{end:?}"
+    );
+    assert!(
+        last_message.elapsed() >= Duration::from_secs(30),
+        "closed {:?} after the last message",
+        last_message.elapsed()
+    );
+    let mut second = tokio::time::timeout(Duration::from_secs(60), second)
+        .await
+        .expect("slot freed")
+        .unwrap();
+    second
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // Served (the WebSocket-only upstream refuses a plain GET, hence a 502 from us).
+    let answer = read_until_closed(&mut second).await;
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 502"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
 }

@@ -310,9 +310,19 @@ mod tests {
     async fn every_failure_takes_at_least_the_most_expensive_hash() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users");
-        let dear = crate::auth::htpasswd::hash_password(b"pw", crate::auth::htpasswd::NewHash::Bcrypt { cost: 6 });
+        let dear = crate::auth::htpasswd::hash_password(
+            b"pw",
+            crate::auth::htpasswd::NewHash::Bcrypt { cost: 6 },
+        );
         // {SHA} of "password": cheap, checked in microseconds.
-        std::fs::write(&path, format!("cheap:{{SHA}}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\ndear:{}\n", dear.unwrap())).unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "cheap:{{SHA}}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\ndear:{}\n",
+                dear.unwrap()
+            ),
+        )
+        .unwrap();
         let users = Arc::new(load_user_db(&path, None, false).unwrap());
         let floor = users.failure_floor;
         assert!(floor > Duration::ZERO);
@@ -326,9 +336,18 @@ mod tests {
         for (user, password) in [("cheap", "wrong"), ("nobody", "wrong"), ("dear", "wrong")] {
             let started = tokio::time::Instant::now();
             assert!(basic.verify(user.into(), password.into()).await.is_err());
-            assert!(started.elapsed() >= floor, "{user}: {:?} < {floor:?}", started.elapsed());
+            assert!(
+                started.elapsed() >= floor,
+                "{user}: {:?} < {floor:?}",
+                started.elapsed()
+            );
         }
-        assert!(basic.verify("cheap".into(), b"password".to_vec()).await.is_ok());
+        assert!(
+            basic
+                .verify("cheap".into(), b"password".to_vec())
+                .await
+                .is_ok()
+        );
     }
 
     #[test]

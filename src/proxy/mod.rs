@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::config::{Timeouts, UpstreamTarget};
 use crate::respond::Failure;
+use crate::server::activity::{Activity, ActivityIo};
 use headers::{ForwardedFacts, ManagedHeaders};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -56,6 +57,16 @@ pub enum Upstream {
         label: String,
     },
     Echo,
+}
+
+/// What an upgraded (WebSocket) connection keeps from the connection it arrived on: its
+/// slot under `max_connections`, membership in the set graceful shutdown waits for, and
+/// the idle bound. The server puts one in every request's extensions.
+#[derive(Clone)]
+pub struct UpgradeRelay {
+    pub connection_slot: Arc<dyn std::any::Any + Send + Sync>,
+    pub tracker: tokio_util::task::TaskTracker,
+    pub idle: Duration,
 }
 
 /// Per-snapshot settings every forward needs.
@@ -181,6 +192,7 @@ pub async fn forward(
     let wants_upgrade = request.version() == Version::HTTP_11
         && headers::is_websocket_upgrade(request.method(), request.headers());
     let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
+    let relay = request.extensions_mut().remove::<UpgradeRelay>();
 
     let (mut parts, body) = request.into_parts();
     headers::rewrite_request(&mut parts.headers, &settings.managed, facts, wants_upgrade);
@@ -249,7 +261,22 @@ pub async fn forward(
     match (switching, client_upgrade) {
         (true, Some(client_upgrade)) => {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(bridge(client_upgrade, upstream_upgrade));
+            match relay {
+                Some(relay) => {
+                    let slot = relay.connection_slot;
+                    relay.tracker.spawn(async move {
+                        bridge(client_upgrade, upstream_upgrade, relay.idle).await;
+                        drop(slot);
+                    });
+                }
+                None => {
+                    tokio::spawn(bridge(
+                        client_upgrade,
+                        upstream_upgrade,
+                        Duration::from_secs(60),
+                    ));
+                }
+            }
         }
         (true, None) => {
             tracing::warn!("upstream switched protocols without being asked to");
@@ -314,8 +341,13 @@ fn error_chain(err: &(dyn StdError + 'static)) -> String {
     out
 }
 
-/// Relays an upgraded connection (e.g. WebSocket) until either side closes.
-async fn bridge(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// Relays an upgraded connection (e.g. WebSocket) until either side closes or nothing has
+/// moved in either direction for `idle`.
+async fn bridge(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle: Duration,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -323,9 +355,15 @@ async fn bridge(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
             return;
         }
     };
-    let mut client = TokioIo::new(client);
+    let activity = Activity::new();
+    let mut client = ActivityIo::new(TokioIo::new(client), activity.clone());
     let mut upstream = TokioIo::new(upstream);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    tokio::select! {
+        result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        }
+        () = activity.idle_for(idle) => tracing::debug!("upgraded connection idle; closing"),
     }
 }

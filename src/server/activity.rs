@@ -23,7 +23,12 @@ struct Inner {
     origin: Instant,
     last_millis: AtomicU64,
     in_flight: AtomicUsize,
+    /// When the first byte of a request head arrived on an otherwise quiet connection
+    /// ([`NO_HEAD`] when none is arriving).
+    head_started_millis: AtomicU64,
 }
+
+const NO_HEAD: u64 = u64::MAX;
 
 impl Activity {
     pub fn new() -> Self {
@@ -32,18 +37,70 @@ impl Activity {
                 origin: Instant::now(),
                 last_millis: AtomicU64::new(0),
                 in_flight: AtomicUsize::new(0),
+                head_started_millis: AtomicU64::new(NO_HEAD),
             }),
         }
     }
 
+    fn now_millis(&self) -> u64 {
+        u64::try_from(self.inner.origin.elapsed().as_millis()).unwrap_or(NO_HEAD - 1)
+    }
+
     fn touch(&self) {
-        let millis = u64::try_from(self.inner.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.inner.last_millis.store(millis, Ordering::Relaxed);
+        self.inner
+            .last_millis
+            .store(self.now_millis(), Ordering::Relaxed);
+    }
+
+    fn touch_read(&self) {
+        self.touch();
+        if self.inner.in_flight.load(Ordering::Relaxed) == 0 {
+            let now = self.now_millis();
+            let _ = self.inner.head_started_millis.compare_exchange(
+                NO_HEAD,
+                now,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Forgets bytes read so far (the TLS handshake's) as the start of a request head.
+    pub fn reset_head(&self) {
+        self.inner
+            .head_started_millis
+            .store(NO_HEAD, Ordering::Relaxed);
+    }
+
+    /// Resolves once a request head has been arriving for `limit` without completing.
+    /// hyper's own header timer also runs while a keep-alive connection waits for its next
+    /// request, which would make `idle` meaningless for HTTP/1.1; this one starts only
+    /// when the client actually begins sending.
+    pub async fn head_overdue(&self, limit: Duration) {
+        loop {
+            let started = self.inner.head_started_millis.load(Ordering::Relaxed);
+            if started == NO_HEAD {
+                tokio::time::sleep(limit).await;
+                continue;
+            }
+            let deadline = self.inner.origin + Duration::from_millis(started) + limit;
+            if Instant::now() < deadline {
+                tokio::time::sleep_until(deadline).await;
+                continue;
+            }
+            if self.inner.in_flight.load(Ordering::Relaxed) == 0
+                && self.inner.head_started_millis.load(Ordering::Relaxed) == started
+            {
+                return;
+            }
+            tokio::time::sleep(limit).await;
+        }
     }
 
     /// Marks a request as in flight until the guard is dropped.
     pub fn begin_request(&self) -> InFlight {
         self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.reset_head();
         self.touch();
         InFlight {
             activity: self.clone(),
@@ -103,7 +160,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.touch_read();
         }
         result
     }

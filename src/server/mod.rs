@@ -5,7 +5,7 @@
 //! upstream clients); `Server::run` then serves until the shutdown future resolves, stops
 //! accepting, lets in-flight requests finish within `shutdown_grace`, and returns.
 
-mod activity;
+pub(crate) mod activity;
 mod tls;
 
 use std::convert::Infallible;
@@ -19,13 +19,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Limits, Timeouts};
 use crate::gate::{ConnInfo, Gate};
+use crate::proxy::UpgradeRelay;
 use activity::{Activity, ActivityIo};
 
 pub use tls::acceptor as tls_acceptor;
@@ -186,12 +187,17 @@ async fn accept_loop(
             () = stop.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
+        let relay = UpgradeRelay {
+            connection_slot: Arc::new(permit),
+            tracker: connections.clone(),
+            idle: shared.timeouts.idle,
+        };
         connections.spawn(serve_connection(
             stream,
             peer,
             Arc::clone(&shared),
             stop.clone(),
-            permit,
+            relay,
         ));
     }
 }
@@ -201,12 +207,15 @@ async fn serve_connection(
     peer: SocketAddr,
     shared: Arc<Shared>,
     stop: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    relay: UpgradeRelay,
 ) {
     let activity = Activity::new();
     let io = ActivityIo::new(stream, activity.clone());
     match &shared.tls {
-        None => serve_http(io, ConnInfo { peer, tls: false }, &shared, &stop, &activity).await,
+        None => {
+            let info = ConnInfo { peer, tls: false };
+            serve_http(io, info, &shared, &stop, &activity, relay, true).await;
+        }
         Some(acceptor) => {
             let handshake = tokio::time::timeout(shared.timeouts.handshake, acceptor.accept(io));
             let tls = tokio::select! {
@@ -223,7 +232,12 @@ async fn serve_connection(
                 },
                 () = stop.cancelled() => return,
             };
-            serve_http(tls, ConnInfo { peer, tls: true }, &shared, &stop, &activity).await;
+            activity.reset_head();
+            // HTTP/2 clients send SETTINGS, PINGs and WINDOW_UPDATEs between requests, so
+            // the request-head deadline applies to HTTP/1 only.
+            let http1 = tls.get_ref().1.alpn_protocol() != Some(b"h2");
+            let info = ConnInfo { peer, tls: true };
+            serve_http(tls, info, &shared, &stop, &activity, relay, http1).await;
         }
     }
 }
@@ -234,15 +248,20 @@ async fn serve_http<IO>(
     shared: &Arc<Shared>,
     stop: &CancellationToken,
     activity: &Activity,
+    relay: UpgradeRelay,
+    head_deadline: bool,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = {
         let shared = Arc::clone(shared);
         let activity = activity.clone();
-        service_fn(move |request| {
+        service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             let shared = Arc::clone(&shared);
             let in_flight = activity.begin_request();
+            // An upgraded connection outlives this service call; it takes the connection's
+            // slot and shutdown tracking with it.
+            request.extensions_mut().insert(relay.clone());
             async move {
                 let response = shared.gate.handle(request, &info).await;
                 drop(in_flight);
@@ -255,7 +274,9 @@ async fn serve_http<IO>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(shared.timeouts.header_read)
+        // Only a backstop: `Activity::head_overdue` enforces header_read from the first byte
+        // of a head, and `idle` governs the wait between keep-alive requests.
+        .header_read_timeout(shared.timeouts.header_read.max(shared.timeouts.idle))
         .max_buf_size(shared.limits.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
@@ -278,6 +299,10 @@ async fn serve_http<IO>(
             () = stop.cancelled(), if !draining => {
                 connection.as_mut().graceful_shutdown();
                 draining = true;
+            }
+            () = activity.head_overdue(shared.timeouts.header_read), if head_deadline => {
+                tracing::debug!(peer = %info.peer, "request head not complete within header_read; closing");
+                return;
             }
             () = activity.idle_for(shared.timeouts.idle) => {
                 if draining {
