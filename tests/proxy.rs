@@ -292,22 +292,7 @@ async fn forwarded_headers_from_a_trusted_proxy_are_extended() {
 #[tokio::test]
 async fn websocket_upgrade_is_relayed_end_to_end() {
     let pki = Pki::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ws_upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let ws_upstream = spawn_websocket_echo_upstream().await;
     let proxy = proxy_to(&pki, &format!("http://{ws_upstream}"), "").await;
     let tls = pki.raw_tls(proxy.addr).await;
     let (mut ws, response) =

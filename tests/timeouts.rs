@@ -213,22 +213,7 @@ async fn connections_beyond_max_connections_wait_for_a_free_slot() {
 async fn websocket_relays_count_against_max_connections_and_idle_out() {
     use futures_util::{SinkExt, StreamExt};
     let pki = Pki::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ws_upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() && ws.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let ws_upstream = spawn_websocket_echo_upstream().await;
     let proxy = proxy_with(
         &pki,
         &format!("http://{ws_upstream}"),
