@@ -18,13 +18,14 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 use tokio::time::Instant;
 
-use crate::auth::{Authenticated, Authenticator};
+use crate::auth::{Authenticated, Authenticator, Rejection};
 use crate::client_ip::{client_ip, is_trusted};
 use crate::config::{Config, RouteAuth};
 use crate::proxy::headers::{ForwardedFacts, ManagedHeaders};
 use crate::proxy::{self, ProxyBody, ProxySettings, Upstream};
 use crate::respond::{self, Failure};
 use crate::routes::{self, RouteTable};
+use crate::throttle::{Attempt, Throttle, Throttled, escape_for_log};
 
 /// The connection a request arrived on.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +44,7 @@ pub struct Route {
 pub struct Gate {
     routes: RouteTable<Route>,
     auth: Authenticator,
+    throttle: Option<Throttle>,
     proxy: ProxySettings,
     trusted_proxies: Vec<IpNet>,
     access_log: bool,
@@ -74,6 +76,7 @@ impl Gate {
         Ok(Gate {
             routes: RouteTable::new(entries),
             auth: Authenticator::new(&config.auth),
+            throttle: config.rate_limit.as_ref().map(Throttle::new),
             proxy: ProxySettings {
                 managed: ManagedHeaders::new(&config.headers),
                 upstream_response: config.server.timeouts.upstream_response,
@@ -153,18 +156,7 @@ impl Gate {
                 trace.auth = "public";
                 None
             }
-            RouteAuth::Required => match self.auth.authenticate(request.headers()).await {
-                Ok(who) => {
-                    trace.auth = who.scheme().as_str();
-                    trace.user = Some(who.user().to_string());
-                    Some(who)
-                }
-                Err(rejection) => {
-                    trace.auth = rejection.reason();
-                    trace.user = rejection.presented_user().map(str::to_string);
-                    return Err(Failure::Unauthenticated(self.auth.challenge()));
-                }
-            },
+            RouteAuth::Required => Some(self.authenticate(request.headers(), client, trace).await?),
         };
 
         let facts = ForwardedFacts {
@@ -182,6 +174,48 @@ impl Gate {
         Ok(forwarded.response)
     }
 
+    /// Steps 6 to 8: throttle check, authentication, failure accounting.
+    async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        client: std::net::IpAddr,
+        trace: &mut Trace,
+    ) -> Result<Authenticated, Failure> {
+        let credential = self.auth.credential(headers);
+        trace.user = credential.presented_user().map(escape_for_log);
+        let attempt = match &self.throttle {
+            Some(throttle) => throttle.attempt(client, credential.presented_user()),
+            None => Attempt::unthrottled(),
+        };
+        if let Err(throttled) = attempt.check().await {
+            trace.auth = throttled.by.as_str();
+            return Err(too_many_attempts(throttled));
+        }
+        match self.auth.authenticate(&credential, &attempt).await {
+            Ok(who) => {
+                attempt.succeeded(who.user()).await;
+                trace.auth = who.scheme().as_str();
+                trace.user = Some(escape_for_log(who.user()));
+                Ok(who)
+            }
+            Err(Rejection::Throttled(throttled)) => {
+                trace.auth = throttled.by.as_str();
+                Err(too_many_attempts(throttled))
+            }
+            Err(rejection) => {
+                if rejection.counts_as_failure() {
+                    attempt.failed().await;
+                }
+                trace.auth = rejection.reason();
+                Err(Failure::Unauthenticated(self.auth.challenge()))
+            }
+        }
+    }
+
+    pub fn throttle(&self) -> Option<&Throttle> {
+        self.throttle.as_ref()
+    }
+
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()
     }
@@ -191,12 +225,21 @@ impl Gate {
     }
 }
 
+fn too_many_attempts(throttled: Throttled) -> Failure {
+    // Rounded up: a client that waits exactly this long must find the block over.
+    let millis = throttled.retry_after.as_millis() as u64;
+    Failure::TooManyAttempts {
+        retry_after_secs: millis.div_ceil(1000).max(1),
+    }
+}
+
 /// What the access log reports about one request.
 #[derive(Default)]
 struct Trace {
     route: Option<String>,
     path: Option<String>,
-    /// The authenticated user, or the username presented with failed credentials.
+    /// The authenticated user, or the username presented with failed credentials,
+    /// escaped (it is attacker-chosen).
     user: Option<String>,
     /// Scheme that succeeded or reason for failing ("public" when not needed).
     auth: &'static str,

@@ -9,6 +9,8 @@
 //! - [`gate`]: the request pipeline, readable top to bottom as one story.
 //! - [`auth`]: who is this? htpasswd Basic today; the `Authenticated` type only it can
 //!   build.
+//! - [`throttle`]: failed-authentication counting per client and username, local or
+//!   in Redis.
 //! - [`reload`]: debounced file watching for live reload.
 //! - [`client_ip`]: trusted-proxy aware client address.
 //! - [`routes`]: path normalisation and the route table.
@@ -27,6 +29,7 @@ pub mod reload;
 pub mod respond;
 pub mod routes;
 pub mod server;
+pub mod throttle;
 
 /// Installs aws-lc-rs as the process-wide rustls provider, for any code path that asks
 /// for the default; our own configs name the provider explicitly anyway.

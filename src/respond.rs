@@ -38,6 +38,10 @@ pub enum Failure {
     /// client must not learn which (the reason is logged instead).
     Unauthenticated(Challenge),
     BadRequest(&'static str),
+    /// Too many failed authentications from this client or for this username.
+    TooManyAttempts {
+        retry_after_secs: u64,
+    },
     NotFound,
     PayloadTooLarge,
     HeadersTooLarge,
@@ -53,6 +57,7 @@ impl Failure {
         match self {
             Failure::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Failure::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             Failure::NotFound => StatusCode::NOT_FOUND,
             Failure::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -67,6 +72,7 @@ impl Failure {
         match self {
             Failure::Unauthenticated(_) => "unauthorized",
             Failure::BadRequest(_) => "invalid_request",
+            Failure::TooManyAttempts { .. } => "too_many_attempts",
             Failure::NotFound => "not_found",
             Failure::PayloadTooLarge => "payload_too_large",
             Failure::HeadersTooLarge => "headers_too_large",
@@ -82,6 +88,9 @@ impl Failure {
                 "Valid credentials are required to access this resource."
             }
             Failure::BadRequest(why) => why,
+            Failure::TooManyAttempts { .. } => {
+                "Too many failed authentication attempts. Try again later."
+            }
             Failure::NotFound => "No route is configured for this host and path.",
             Failure::PayloadTooLarge => "The request body is larger than this server accepts.",
             Failure::HeadersTooLarge => "The request headers are larger than this server accepts.",
@@ -161,7 +170,8 @@ pub fn failure_response(
         HeaderValue::from_static("nosniff"),
     );
     match failure {
-        Failure::ServiceUnavailable { retry_after_secs } => {
+        Failure::ServiceUnavailable { retry_after_secs }
+        | Failure::TooManyAttempts { retry_after_secs } => {
             headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         Failure::Unauthenticated(challenge) => {

@@ -152,10 +152,10 @@ auth = "public"
 #[test]
 fn sections_of_later_features_are_named_not_silently_ignored() {
     let (code, _, stderr, _dir) = check(
-        "[rate_limit]\nmax_failures = 5\n\n[[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\nauth = \"public\"\n",
+        "[admin]\nlisten = \"127.0.0.1:9090\"\n\n[[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\nauth = \"public\"\n",
     );
     assert_eq!(code, 1);
-    assert!(stderr.contains("bad.toml:1: rate_limit:"), "{stderr}");
+    assert!(stderr.contains("bad.toml:1: admin:"), "{stderr}");
 }
 
 #[test]

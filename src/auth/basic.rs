@@ -28,6 +28,7 @@ use super::groups::GroupFile;
 use super::htpasswd::HtpasswdFile;
 use crate::config::BasicConfig;
 use crate::reload::FileWatcher;
+use crate::throttle::{Attempt, Throttled};
 
 /// The parsed files, replaced as a whole on reload.
 pub struct UserDb {
@@ -121,6 +122,8 @@ enum Failed {
     UnknownUser,
     WrongPassword,
     Unavailable,
+    /// The guess budget was spent while this request waited.
+    Throttled(Throttled),
 }
 
 pub struct BasicAuth {
@@ -166,16 +169,18 @@ impl BasicAuth {
         }
     }
 
+    /// `attempt` is charged a guess before any hash is computed (not for cache hits).
     pub async fn verify(
         &self,
         user: String,
         password: Vec<u8>,
+        attempt: &Attempt<'_>,
     ) -> Result<super::Verified, Rejection> {
         let started = tokio::time::Instant::now();
         let db = self.db.load_full();
         let outcome = match &self.cache {
             None => {
-                self.verify_uncached(Arc::clone(&db), user.clone(), password)
+                self.verify_uncached(Arc::clone(&db), user.clone(), password, attempt)
                     .await
             }
             Some((cache, key)) => {
@@ -184,7 +189,12 @@ impl BasicAuth {
                 let cached = cache
                     .try_get_with(
                         key,
-                        self.verify_uncached(Arc::clone(&db), user.clone(), password.clone()),
+                        self.verify_uncached(
+                            Arc::clone(&db),
+                            user.clone(),
+                            password.clone(),
+                            attempt,
+                        ),
                     )
                     .await
                     .map_err(|e| *e);
@@ -194,7 +204,7 @@ impl BasicAuth {
                         // Cached against a hash the user no longer has (changed, or removed
                         // and re-added): forget it and check against the current file.
                         cache.invalidate(&key).await;
-                        self.verify_uncached(Arc::clone(&db), user.clone(), password)
+                        self.verify_uncached(Arc::clone(&db), user.clone(), password, attempt)
                             .await
                     }
                     Err(e) => Err(e),
@@ -212,6 +222,7 @@ impl BasicAuth {
             Err(Failed::UnknownUser) => Err(Rejection::UnknownUser { user }),
             Err(Failed::WrongPassword) => Err(Rejection::WrongPassword { user }),
             Err(Failed::Unavailable) => Err(Rejection::Unavailable),
+            Err(Failed::Throttled(t)) => Err(Rejection::Throttled(t)),
         }
     }
 
@@ -220,7 +231,9 @@ impl BasicAuth {
         db: Arc<UserDb>,
         user: String,
         password: Vec<u8>,
+        attempt: &Attempt<'_>,
     ) -> Result<CachedCredential, Failed> {
+        attempt.reserve_guess().await.map_err(Failed::Throttled)?;
         let permit = Arc::clone(&self.hashing)
             .acquire_owned()
             .await
@@ -335,7 +348,12 @@ mod tests {
         });
         for (user, password) in [("cheap", "wrong"), ("nobody", "wrong"), ("dear", "wrong")] {
             let started = tokio::time::Instant::now();
-            assert!(basic.verify(user.into(), password.into()).await.is_err());
+            assert!(
+                basic
+                    .verify(user.into(), password.into(), &Attempt::unthrottled())
+                    .await
+                    .is_err()
+            );
             assert!(
                 started.elapsed() >= floor,
                 "{user}: {:?} < {floor:?}",
@@ -344,7 +362,11 @@ mod tests {
         }
         assert!(
             basic
-                .verify("cheap".into(), b"password".to_vec())
+                .verify(
+                    "cheap".into(),
+                    b"password".to_vec(),
+                    &Attempt::unthrottled()
+                )
                 .await
                 .is_ok()
         );

@@ -18,6 +18,7 @@ use http::header::AUTHORIZATION;
 
 use crate::config::AuthConfig;
 use crate::respond::Challenge;
+use crate::throttle::{Attempt, Throttled};
 use basic::BasicAuth;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +80,8 @@ pub enum Rejection {
     },
     /// The verification could not run (the process is shutting down).
     Unavailable,
+    /// The client or username spent its failure budget while this request waited.
+    Throttled(Throttled),
 }
 
 impl Rejection {
@@ -91,7 +94,20 @@ impl Rejection {
             Rejection::UnknownUser { .. } => "unknown_user",
             Rejection::WrongPassword { .. } => "invalid_password",
             Rejection::Unavailable => "unavailable",
+            Rejection::Throttled(t) => t.by.as_str(),
         }
+    }
+
+    /// Whether this looks like a guess: wrong or malformed credentials count against the
+    /// client's and the username's budget; no credential, a scheme we do not offer, or
+    /// our own trouble do not.
+    pub fn counts_as_failure(&self) -> bool {
+        matches!(
+            self,
+            Rejection::Malformed(_)
+                | Rejection::UnknownUser { .. }
+                | Rejection::WrongPassword { .. }
+        )
     }
 
     /// The username presented, if any (for the log).
@@ -132,31 +148,90 @@ impl Authenticator {
         self.basic.as_ref()
     }
 
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Authenticated, Rejection> {
+    /// What the request presents, parsed but not verified: cheap, no cryptography, so the
+    /// throttle can look at the username before any hash runs.
+    pub fn credential(&self, headers: &HeaderMap) -> Credential {
         let mut fields = headers.get_all(AUTHORIZATION).iter();
         let Some(field) = fields.next() else {
-            return Err(Rejection::Missing);
+            return Credential::Missing;
         };
         if fields.next().is_some() {
-            return Err(Rejection::Malformed("more than one Authorization field"));
+            return Credential::Malformed("more than one Authorization field");
         }
         let field = field.as_bytes();
         let (scheme, token) = match field.iter().position(|&b| b == b' ') {
             Some(i) => (&field[..i], trim_spaces(&field[i + 1..])),
             None => (field, &b""[..]),
         };
-        if scheme.eq_ignore_ascii_case(b"basic") {
-            if let Some(basic) = &self.basic {
-                let (user, password) = parse_basic(token)?;
-                let verified = basic.verify(user, password).await?;
-                return Ok(Authenticated {
+        if scheme.eq_ignore_ascii_case(b"basic") && self.basic.is_some() {
+            return match parse_basic(token) {
+                Ok((user, password)) => Credential::Basic { user, password },
+                Err(Rejection::Malformed(why)) => Credential::Malformed(why),
+                Err(_) => Credential::Malformed("Basic credentials do not parse"),
+            };
+        }
+        Credential::Unsupported
+    }
+
+    pub async fn authenticate(
+        &self,
+        credential: &Credential,
+        attempt: &Attempt<'_>,
+    ) -> Result<Authenticated, Rejection> {
+        match (credential, &self.basic) {
+            (Credential::Missing, _) => Err(Rejection::Missing),
+            (Credential::Malformed(why), _) => Err(Rejection::Malformed(why)),
+            (Credential::Basic { user, password }, Some(basic)) => {
+                let verified = basic
+                    .verify(user.clone(), password.clone(), attempt)
+                    .await?;
+                Ok(Authenticated {
                     user: verified.user,
                     groups: verified.groups,
                     scheme: Scheme::Basic,
-                });
+                })
+            }
+            (Credential::Basic { .. } | Credential::Unsupported, _) => {
+                Err(Rejection::UnsupportedScheme)
             }
         }
-        Err(Rejection::UnsupportedScheme)
+    }
+}
+
+/// Credentials as presented. The password is only ever read by the verifier.
+pub enum Credential {
+    Missing,
+    Basic {
+        user: String,
+        password: Vec<u8>,
+    },
+    Malformed(&'static str),
+    /// A scheme no enabled authenticator takes.
+    Unsupported,
+}
+
+impl Credential {
+    /// The username the client claims, before anything is verified.
+    pub fn presented_user(&self) -> Option<&str> {
+        match self {
+            Credential::Basic { user, .. } => Some(user),
+            _ => None,
+        }
+    }
+}
+
+/// The password must never reach a log through `{:?}`.
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Missing => f.write_str("Missing"),
+            Credential::Basic { user, .. } => f
+                .debug_struct("Basic")
+                .field("user", user)
+                .finish_non_exhaustive(),
+            Credential::Malformed(why) => f.debug_tuple("Malformed").field(why).finish(),
+            Credential::Unsupported => f.write_str("Unsupported"),
+        }
     }
 }
 

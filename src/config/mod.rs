@@ -36,7 +36,41 @@ pub struct Config {
     pub log: Log,
     pub headers: IdentityHeaders,
     pub auth: AuthConfig,
+    /// `None` when `[rate_limit] enabled = false`.
+    pub rate_limit: Option<RateLimit>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// Failed-authentication throttling. A security control, so it is on unless turned off.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    /// Failures per client (IPv4 /32, IPv6 /64) within `window` before it is blocked.
+    pub max_failures: u32,
+    pub window: Duration,
+    pub block_for: Duration,
+    /// Failures per presented username, from any client, within `user_window`.
+    pub max_failures_per_user: u32,
+    pub user_window: Duration,
+    /// Entries per table (clients, usernames, known client/user pairs).
+    pub max_tracked: u64,
+    pub redis: Option<RedisTarget>,
+}
+
+/// Where shared counters live. The URL may carry a password, so it is never printed.
+#[derive(Clone)]
+pub struct RedisTarget {
+    pub url: String,
+    /// Namespaces the keys, so deployments can share one Redis.
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTarget")
+            .field("url", &"<redacted>")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -227,11 +261,7 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
-        for (section, value) in [
-            ("admin", &raw.admin),
-            ("rate_limit", &raw.rate_limit),
-            ("cors", &raw.cors),
-        ] {
+        for (section, value) in [("admin", &raw.admin), ("cors", &raw.cors)] {
             if let Some(v) = value {
                 self.fail(
                     span_of(v),
@@ -255,6 +285,7 @@ impl Validator<'_> {
         let log = self.log(raw.log);
         let headers = self.headers(raw.headers);
         let auth = self.auth(raw.auth);
+        let rate_limit = self.rate_limit(raw.rate_limit);
         let has_scheme = auth.basic.is_some();
         let mut routes = Vec::new();
         for (i, r) in raw.route.into_iter().enumerate() {
@@ -271,7 +302,102 @@ impl Validator<'_> {
             log,
             headers,
             auth,
+            rate_limit,
             routes,
+        }
+    }
+
+    fn rate_limit(&mut self, raw: Option<Spanned<RawRateLimit>>) -> Option<RateLimit> {
+        let raw = raw.map(Spanned::into_inner).unwrap_or(RawRateLimit {
+            enabled: None,
+            max_failures: None,
+            window: None,
+            block_for: None,
+            max_failures_per_user: None,
+            user_window: None,
+            max_tracked: None,
+            redis: None,
+            redis_prefix: None,
+        });
+        let max_failures = self.count(raw.max_failures, "rate_limit.max_failures", 5, 10_000);
+        let window =
+            self.positive_duration(raw.window, "rate_limit.window", Duration::from_secs(60));
+        let block_for = self.positive_duration(
+            raw.block_for,
+            "rate_limit.block_for",
+            Duration::from_secs(15 * 60),
+        );
+        let max_failures_per_user = self.count(
+            raw.max_failures_per_user,
+            "rate_limit.max_failures_per_user",
+            20,
+            100_000,
+        );
+        let user_window = self.positive_duration(
+            raw.user_window,
+            "rate_limit.user_window",
+            Duration::from_secs(3600),
+        );
+        let max_tracked = self.count(
+            raw.max_tracked,
+            "rate_limit.max_tracked",
+            100_000,
+            100_000_000,
+        );
+        let prefix = match raw.redis_prefix {
+            None => "sallyport:".to_string(),
+            Some(p) => {
+                let text = p.get_ref().clone();
+                if text.is_empty() || text.len() > 64 || text.chars().any(char::is_control) {
+                    self.fail(
+                        span_of(&p),
+                        "rate_limit.redis_prefix",
+                        "must be 1 to 64 printable characters",
+                    );
+                }
+                text
+            }
+        };
+        let redis = raw.redis.and_then(|url| {
+            let text = url.get_ref().trim();
+            match crate::throttle::check_redis_url(text) {
+                Ok(()) => Some(RedisTarget {
+                    url: text.to_string(),
+                    prefix,
+                }),
+                Err(why) => {
+                    self.fail(span_of(&url), "rate_limit.redis", why);
+                    None
+                }
+            }
+        });
+        if raw.enabled == Some(false) {
+            return None;
+        }
+        Some(RateLimit {
+            max_failures: max_failures as u32,
+            window,
+            block_for,
+            max_failures_per_user: max_failures_per_user as u32,
+            user_window,
+            max_tracked,
+            redis,
+        })
+    }
+
+    /// An integer in `1..=max`.
+    fn count(&mut self, raw: Option<Spanned<i64>>, key: &str, default: u64, max: u64) -> u64 {
+        let Some(raw) = raw else { return default };
+        match u64::try_from(*raw.get_ref()) {
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => {
+                self.fail(
+                    span_of(&raw),
+                    key,
+                    format!("must be a whole number from 1 to {max}"),
+                );
+                default
+            }
         }
     }
 

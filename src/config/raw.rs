@@ -18,7 +18,7 @@ pub struct RawConfig {
     /// say "not supported yet" instead of "unknown key".
     pub admin: Option<Spanned<toml::Value>>,
     pub auth: Option<Spanned<RawAuth>>,
-    pub rate_limit: Option<Spanned<toml::Value>>,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
     pub cors: Option<Spanned<toml::Value>>,
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
@@ -101,6 +101,20 @@ pub struct RawRoute {
     pub require_scopes: Option<Spanned<toml::Value>>,
     pub require_claims: Option<Spanned<toml::Value>>,
     pub methods: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub enabled: Option<bool>,
+    pub max_failures: Option<Spanned<i64>>,
+    pub window: Option<Spanned<String>>,
+    pub block_for: Option<Spanned<String>>,
+    pub max_failures_per_user: Option<Spanned<i64>>,
+    pub user_window: Option<Spanned<String>>,
+    pub max_tracked: Option<Spanned<i64>>,
+    pub redis: Option<Spanned<String>>,
+    pub redis_prefix: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -85,10 +85,14 @@ nginx_pid=$!
 
 if start_sallyport "$dir/sallyport.toml" "$dir/sallyport.log"; then
     port=${SP_ADDR##*:}
-    sp() { curl --silent -k --resolve "localhost:$port:127.0.0.1" "$@"; }
+    # Each user is tried from its own loopback address: the wrong-password checks below
+    # would otherwise add up to a brute-force block for one client.
+    src=1
+    sp() { curl --silent -k --interface "127.0.0.$src" --resolve "localhost:$port:127.0.0.1" "$@"; }
     for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$nginx_port/" && break; sleep 0.1; done
 
     for user in bcrypt apr1 sha1 sha256 sha512 openssl1 opensslapr1 openssl5 openssl6 ssha argon2 ours-bcrypt; do
+        src=$((src + 1))
         body=$(sp -u "$user:$pw" "https://localhost:$port/")
         expect_contains "$user: right password accepted, X-Forwarded-User set" "$body" "\"x-forwarded-user\": [
       \"$user\""
