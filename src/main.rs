@@ -164,8 +164,26 @@ fn check(path: &Path) -> ExitCode {
             }
         },
     };
+    let throttle = match &config.rate_limit {
+        None => "off".to_string(),
+        Some(r) => format!(
+            "{} failures/{} per client (block {}), {} failures/{} per username, {} ({} entries max)",
+            r.max_failures,
+            humantime::format_duration(r.window),
+            humantime::format_duration(r.block_for),
+            r.max_failures_per_user,
+            humantime::format_duration(r.user_window),
+            if r.redis.is_some() {
+                "shared in Redis"
+            } else {
+                "local counters"
+            },
+            r.max_tracked,
+        ),
+    };
     println!("  listen: {}", listen.join(", "));
     println!("  tls:    {tls}");
+    println!("  throttling: {throttle}");
     println!("  routes:");
     for line in RouteTable::describe(&config.routes) {
         println!("    {line}");

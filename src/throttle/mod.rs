@@ -286,10 +286,11 @@ impl Throttle {
         };
         if let Some(blocked_for) = transitions.client_blocked_for {
             self.stats.clients_blocked.fetch_add(1, Ordering::Relaxed);
+            let name = user.map_or_else(|| "-".to_string(), |(name, _)| escape_for_log(name));
             tracing::warn!(
                 target: "sallyport::throttle",
                 client = %client,
-                user = user.map(|(name, _)| escape_for_log(name)).as_deref().unwrap_or("-"),
+                user = %name,
                 failures = self.limits.max_failures,
                 window_s = self.limits.window.as_secs(),
                 blocked_s = blocked_for.as_secs(),

@@ -260,3 +260,62 @@ fn usernames_are_escaped_and_capped_for_logs() {
     let long = "x".repeat(500);
     assert_eq!(escape_for_log(&long).len(), 64 + 3);
 }
+
+/// Collects formatted log lines for the test's thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_block_and_unblock_is_logged_once_without_the_password() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let rig = Rig::new(limits());
+    for _ in 0..3 {
+        rig.guess("192.0.2.1", Some("mallory\nFAKE LINE"))
+            .await
+            .unwrap();
+    }
+    // Further refused attempts log nothing more.
+    for _ in 0..3 {
+        assert!(rig.guess("192.0.2.1", Some("mallory")).await.is_err());
+    }
+    let text = logs.text();
+    assert_eq!(text.matches("client blocked").count(), 1, "{text}");
+    assert!(text.contains("client=192.0.2.1"), "{text}");
+    assert!(text.contains(r"mallory\nFAKE LINE"), "{text}");
+    assert!(!text.contains("unblocked"), "{text}");
+
+    // The block ends: the logger wakes (tokio's paused clock skips the wait) and says so.
+    rig.advance(900 * SEC);
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let text = logs.text();
+    assert_eq!(
+        text.matches("client 192.0.2.1 unblocked").count(),
+        1,
+        "{text}"
+    );
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(logs.text().matches("unblocked").count(), 1);
+}

@@ -5,10 +5,7 @@
 need=()
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v nginx >/dev/null || need+=(nginx-light)
-if [ ${#need[@]} -gt 0 ]; then
-    echo "  installing ${need[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+install_packages "${need[@]}"
 
 dir="$WORK/htpasswd"
 mkdir -p "$dir"

@@ -6,10 +6,7 @@
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
-if [ ${#need[@]} -gt 0 ]; then
-    echo "  installing ${need[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+install_packages "${need[@]}"
 
 dir="$WORK/throttle"
 mkdir -p "$dir"

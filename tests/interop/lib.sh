@@ -23,6 +23,18 @@ expect_absent() {
     if printf '%s' "$2" | grep -qi -- "$3"; then fail "$1 (found '$3')"; else pass "$1"; fi
 }
 
+# install_packages PKG...: Debian packages, refreshing the package index first if an
+# install from the current one fails (a fresh machine has none).
+install_packages() {
+    [ $# -gt 0 ] || return 0
+    echo "  installing $*"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y -qq "$@" >/dev/null 2>&1; then
+        apt-get update -qq
+        apt-get install -y -qq "$@" >/dev/null
+    fi
+}
+
 # start_sallyport CONFIG LOGFILE: starts the binary, waits (bounded) for its listening line,
 # and sets SP_PID and SP_ADDR.
 start_sallyport() {
