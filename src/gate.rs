@@ -18,9 +18,10 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 use tokio::time::Instant;
 
-use crate::auth::{Authenticated, Authenticator, Rejection};
+use crate::auth::{Authenticated, Authenticator, Rejection, Scheme};
 use crate::client_ip::{client_ip, is_trusted};
 use crate::config::{Config, RouteAuth};
+use crate::policy::{Denied, Policy};
 use crate::proxy::headers::{ForwardedFacts, ManagedHeaders};
 use crate::proxy::{self, ProxyBody, ProxySettings, Upstream};
 use crate::respond::{self, Failure};
@@ -38,6 +39,7 @@ pub struct Route {
     pub label: String,
     pub upstream: Upstream,
     pub auth: RouteAuth,
+    pub policy: Policy,
 }
 
 /// Everything the pipeline needs, built from one validated [`Config`].
@@ -70,12 +72,13 @@ impl Gate {
                     label,
                     upstream,
                     auth: r.auth,
+                    policy: Policy::new(r),
                 },
             ));
         }
         Ok(Gate {
             routes: RouteTable::new(entries),
-            auth: Authenticator::new(&config.auth),
+            auth: Authenticator::new(&config.auth, &config.headers)?,
             throttle: config.rate_limit.as_ref().map(Throttle::new),
             proxy: ProxySettings {
                 managed: ManagedHeaders::new(&config.headers),
@@ -156,7 +159,20 @@ impl Gate {
                 trace.auth = "public";
                 None
             }
-            RouteAuth::Required => Some(self.authenticate(request.headers(), client, trace).await?),
+            RouteAuth::Required => {
+                let who = self.authenticate(request.headers(), client, trace).await?;
+                if let Err(denied) = route.policy.check(&who) {
+                    trace.auth = "forbidden";
+                    return Err(match denied {
+                        Denied::MissingScopes(scope) => Failure::Forbidden {
+                            realm: self.auth.realm(),
+                            // Only a token can be told which scopes to get.
+                            scope: (who.scheme() == Scheme::Bearer).then_some(scope),
+                        },
+                    });
+                }
+                Some(who)
+            }
         };
 
         let facts = ForwardedFacts {
@@ -202,12 +218,20 @@ impl Gate {
                 trace.auth = throttled.by.as_str();
                 Err(too_many_attempts(throttled))
             }
+            Err(Rejection::Unavailable) => {
+                trace.auth = Rejection::Unavailable.reason();
+                Err(Failure::ServiceUnavailable {
+                    retry_after_secs: 5,
+                })
+            }
             Err(rejection) => {
                 if rejection.counts_as_failure() {
                     attempt.failed().await;
                 }
                 trace.auth = rejection.reason();
-                Err(Failure::Unauthenticated(self.auth.challenge()))
+                Err(Failure::Unauthenticated(
+                    self.auth.challenge_for(&rejection),
+                ))
             }
         }
     }

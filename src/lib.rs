@@ -11,6 +11,7 @@
 //!   build.
 //! - [`throttle`]: failed-authentication counting per client and username, local or
 //!   in Redis.
+//! - [`policy`]: route rules for an authenticated identity (403).
 //! - [`reload`]: debounced file watching for live reload.
 //! - [`client_ip`]: trusted-proxy aware client address.
 //! - [`routes`]: path normalisation and the route table.
@@ -24,6 +25,7 @@ pub mod client_ip;
 pub mod config;
 pub mod gate;
 pub mod logging;
+pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod respond;

@@ -17,15 +17,43 @@ pub struct Challenge {
     /// Validated at config load to need no escaping inside a quoted-string.
     pub realm: Arc<str>,
     pub basic: bool,
+    pub bearer: bool,
+    /// RFC 6750 3.1: why a Bearer token was refused; `None` when none was sent.
+    pub bearer_error: Option<BearerError>,
+}
+
+/// An RFC 6750 error: a code and a fixed description (no quotes or backslashes, so it
+/// needs no escaping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BearerError {
+    pub code: &'static str,
+    pub description: &'static str,
 }
 
 impl Challenge {
+    pub fn with_bearer_error(&self, code: &'static str, description: &'static str) -> Challenge {
+        Challenge {
+            bearer_error: Some(BearerError { code, description }),
+            ..self.clone()
+        }
+    }
+
     fn header_values(&self) -> Vec<HeaderValue> {
         let mut values = Vec::new();
         if self.basic {
             // RFC 7617 section 2.1: charset="UTF-8" tells clients how to encode non-ASCII
             // user names and passwords.
             let v = format!("Basic realm=\"{}\", charset=\"UTF-8\"", self.realm);
+            values.extend(HeaderValue::from_str(&v).ok());
+        }
+        if self.bearer {
+            let v = match &self.bearer_error {
+                None => format!("Bearer realm=\"{}\"", self.realm),
+                Some(e) => format!(
+                    "Bearer realm=\"{}\", error=\"{}\", error_description=\"{}\"",
+                    self.realm, e.code, e.description
+                ),
+            };
             values.extend(HeaderValue::from_str(&v).ok());
         }
         values
@@ -37,6 +65,12 @@ pub enum Failure {
     /// No, unusable or wrong credentials. One variant for all of them, on purpose: the
     /// client must not learn which (the reason is logged instead).
     Unauthenticated(Challenge),
+    /// Authenticated, but the route's rules say no. `scope` is set when the rule was a
+    /// Bearer scope (RFC 6750 `insufficient_scope`).
+    Forbidden {
+        realm: Arc<str>,
+        scope: Option<Arc<str>>,
+    },
     BadRequest(&'static str),
     /// Too many failed authentications from this client or for this username.
     TooManyAttempts {
@@ -55,7 +89,14 @@ pub enum Failure {
 impl Failure {
     pub fn status(&self) -> StatusCode {
         match self {
-            Failure::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Failure::Unauthenticated(c) => match c.bearer_error {
+                Some(BearerError {
+                    code: "invalid_request",
+                    ..
+                }) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::UNAUTHORIZED,
+            },
+            Failure::Forbidden { .. } => StatusCode::FORBIDDEN,
             Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
             Failure::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             Failure::NotFound => StatusCode::NOT_FOUND,
@@ -70,7 +111,9 @@ impl Failure {
     /// Machine-readable code, in the style of RFC 6750 error codes.
     fn code(&self) -> &'static str {
         match self {
-            Failure::Unauthenticated(_) => "unauthorized",
+            Failure::Unauthenticated(c) => c.bearer_error.map_or("unauthorized", |e| e.code),
+            Failure::Forbidden { scope: Some(_), .. } => "insufficient_scope",
+            Failure::Forbidden { .. } => "forbidden",
             Failure::BadRequest(_) => "invalid_request",
             Failure::TooManyAttempts { .. } => "too_many_attempts",
             Failure::NotFound => "not_found",
@@ -84,8 +127,15 @@ impl Failure {
 
     fn description(&self) -> &'static str {
         match self {
-            Failure::Unauthenticated(_) => {
-                "Valid credentials are required to access this resource."
+            Failure::Unauthenticated(c) => c.bearer_error.map_or(
+                "Valid credentials are required to access this resource.",
+                |e| e.description,
+            ),
+            Failure::Forbidden { scope: Some(_), .. } => {
+                "The token lacks a scope this resource requires."
+            }
+            Failure::Forbidden { .. } => {
+                "You are signed in but not allowed to access this resource."
             }
             Failure::BadRequest(why) => why,
             Failure::TooManyAttempts { .. } => {
@@ -177,6 +227,17 @@ pub fn failure_response(
         Failure::Unauthenticated(challenge) => {
             for value in challenge.header_values() {
                 headers.append(WWW_AUTHENTICATE, value);
+            }
+        }
+        Failure::Forbidden {
+            realm,
+            scope: Some(scope),
+        } => {
+            let v = format!(
+                "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"The token lacks a required scope.\", scope=\"{scope}\""
+            );
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                headers.insert(WWW_AUTHENTICATE, v);
             }
         }
         _ => {}

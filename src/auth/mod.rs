@@ -9,6 +9,8 @@
 pub mod basic;
 pub mod groups;
 pub mod htpasswd;
+pub mod jwks;
+pub mod jwt;
 
 use std::sync::Arc;
 
@@ -16,20 +18,23 @@ use base64ct::{Base64, Encoding};
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, IdentityHeaders};
 use crate::respond::Challenge;
 use crate::throttle::{Attempt, Throttled};
 use basic::BasicAuth;
+use jwt::{JwtAuth, MAX_TOKEN_BYTES, TokenError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
     Basic,
+    Bearer,
 }
 
 impl Scheme {
     pub fn as_str(self) -> &'static str {
         match self {
             Scheme::Basic => "basic",
+            Scheme::Bearer => "bearer",
         }
     }
 }
@@ -40,6 +45,12 @@ pub struct Authenticated {
     user: String,
     groups: Vec<String>,
     scheme: Scheme,
+    email: Option<String>,
+    preferred_username: Option<String>,
+    /// OAuth scopes (Bearer only).
+    scopes: Vec<String>,
+    /// `[headers] extra`: header and the claim value for it (Bearer only).
+    extra: Vec<(http::HeaderName, String)>,
 }
 
 impl Authenticated {
@@ -49,6 +60,22 @@ impl Authenticated {
 
     pub fn groups(&self) -> &[String] {
         &self.groups
+    }
+
+    pub fn email(&self) -> Option<&str> {
+        self.email.as_deref()
+    }
+
+    pub fn preferred_username(&self) -> Option<&str> {
+        self.preferred_username.as_deref()
+    }
+
+    pub fn scopes(&self) -> &[String] {
+        &self.scopes
+    }
+
+    pub fn extra(&self) -> &[(http::HeaderName, String)] {
+        &self.extra
     }
 
     pub fn scheme(&self) -> Scheme {
@@ -78,8 +105,13 @@ pub enum Rejection {
     WrongPassword {
         user: String,
     },
-    /// The verification could not run (the process is shutting down).
+    /// The verification could not run (shutting down, or the IdP's keys are unavailable).
     Unavailable,
+    /// A Bearer token that does not verify.
+    InvalidToken(TokenError),
+    /// An `Authorization: Bearer` field that is not a token at all (RFC 6750
+    /// `invalid_request`).
+    BadBearerRequest(&'static str),
     /// The client or username spent its failure budget while this request waited.
     Throttled(Throttled),
 }
@@ -94,6 +126,8 @@ impl Rejection {
             Rejection::UnknownUser { .. } => "unknown_user",
             Rejection::WrongPassword { .. } => "invalid_password",
             Rejection::Unavailable => "unavailable",
+            Rejection::InvalidToken(e) => e.reason(),
+            Rejection::BadBearerRequest(_) => "malformed",
             Rejection::Throttled(t) => t.by.as_str(),
         }
     }
@@ -102,12 +136,14 @@ impl Rejection {
     /// client's and the username's budget; no credential, a scheme we do not offer, or
     /// our own trouble do not.
     pub fn counts_as_failure(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Rejection::Malformed(_)
-                | Rejection::UnknownUser { .. }
-                | Rejection::WrongPassword { .. }
-        )
+            | Rejection::BadBearerRequest(_)
+            | Rejection::UnknownUser { .. }
+            | Rejection::WrongPassword { .. } => true,
+            Rejection::InvalidToken(e) => e.counts_as_failure(),
+            _ => false,
+        }
     }
 
     /// The username presented, if any (for the log).
@@ -126,22 +162,45 @@ const MAX_BASIC_TOKEN: usize = 4096;
 pub struct Authenticator {
     challenge: Challenge,
     basic: Option<Arc<BasicAuth>>,
+    jwt: Option<JwtAuth>,
 }
 
 impl Authenticator {
-    pub fn new(config: &AuthConfig) -> Authenticator {
+    pub fn new(config: &AuthConfig, headers: &IdentityHeaders) -> Result<Authenticator, String> {
         let basic = config.basic.as_ref().map(|b| Arc::new(BasicAuth::new(b)));
-        Authenticator {
+        let jwt = config
+            .jwt
+            .as_ref()
+            .map(|j| JwtAuth::new(j, headers))
+            .transpose()?;
+        Ok(Authenticator {
             challenge: Challenge {
                 realm: Arc::from(config.realm.as_str()),
                 basic: basic.is_some(),
+                bearer: jwt.is_some(),
+                bearer_error: None,
             },
             basic,
+            jwt,
+        })
+    }
+
+    /// The 401 (or 400) for a rejection: every enabled scheme's challenge, with the RFC
+    /// 6750 error when a Bearer token was the problem.
+    pub fn challenge_for(&self, rejection: &Rejection) -> Challenge {
+        match rejection {
+            Rejection::InvalidToken(e) => self
+                .challenge
+                .with_bearer_error("invalid_token", e.description()),
+            Rejection::BadBearerRequest(why) => {
+                self.challenge.with_bearer_error("invalid_request", why)
+            }
+            _ => self.challenge.clone(),
         }
     }
 
-    pub fn challenge(&self) -> Challenge {
-        self.challenge.clone()
+    pub fn realm(&self) -> Arc<str> {
+        self.challenge.realm.clone()
     }
 
     pub fn basic(&self) -> Option<&Arc<BasicAuth>> {
@@ -156,6 +215,9 @@ impl Authenticator {
             return Credential::Missing;
         };
         if fields.next().is_some() {
+            if self.jwt.is_some() {
+                return Credential::BadBearer("The request has more than one Authorization field.");
+            }
             return Credential::Malformed("more than one Authorization field");
         }
         let field = field.as_bytes();
@@ -169,6 +231,9 @@ impl Authenticator {
                 Err(Rejection::Malformed(why)) => Credential::Malformed(why),
                 Err(_) => Credential::Malformed("Basic credentials do not parse"),
             };
+        }
+        if scheme.eq_ignore_ascii_case(b"bearer") && self.jwt.is_some() {
+            return parse_bearer(token);
         }
         Credential::Unsupported
     }
@@ -189,11 +254,23 @@ impl Authenticator {
                     user: verified.user,
                     groups: verified.groups,
                     scheme: Scheme::Basic,
+                    email: None,
+                    preferred_username: None,
+                    scopes: Vec::new(),
+                    extra: Vec::new(),
                 })
             }
             (Credential::Basic { .. } | Credential::Unsupported, _) => {
                 Err(Rejection::UnsupportedScheme)
             }
+            (Credential::BadBearer(why), _) => Err(Rejection::BadBearerRequest(why)),
+            (Credential::Bearer(token), _) => match &self.jwt {
+                Some(jwt) => jwt.verify(token).await.map_err(|e| match e {
+                    TokenError::KeysUnavailable => Rejection::Unavailable,
+                    e => Rejection::InvalidToken(e),
+                }),
+                None => Err(Rejection::UnsupportedScheme),
+            },
         }
     }
 }
@@ -206,6 +283,9 @@ pub enum Credential {
         password: Vec<u8>,
     },
     Malformed(&'static str),
+    Bearer(String),
+    /// `Authorization: Bearer` without a usable token.
+    BadBearer(&'static str),
     /// A scheme no enabled authenticator takes.
     Unsupported,
 }
@@ -230,8 +310,33 @@ impl std::fmt::Debug for Credential {
                 .field("user", user)
                 .finish_non_exhaustive(),
             Credential::Malformed(why) => f.debug_tuple("Malformed").field(why).finish(),
+            Credential::Bearer(_) => f.write_str("Bearer(..)"),
+            Credential::BadBearer(why) => f.debug_tuple("BadBearer").field(why).finish(),
             Credential::Unsupported => f.write_str("Unsupported"),
         }
+    }
+}
+
+/// RFC 6750 2.1: `Bearer` then one token68 (`A-Z a-z 0-9 - . _ ~ + /`, then `=`s).
+fn parse_bearer(token: &[u8]) -> Credential {
+    if token.is_empty() {
+        return Credential::BadBearer("The Bearer token is missing.");
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Credential::BadBearer("The Bearer token is too long.");
+    }
+    let body_end = token.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
+    let token68 = body_end > 0
+        && token[..body_end].iter().all(|&b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        });
+    if !token68 {
+        return Credential::BadBearer("The Bearer token has characters a token cannot have.");
+    }
+    // token68 is ASCII, so this cannot fail.
+    match std::str::from_utf8(token) {
+        Ok(t) => Credential::Bearer(t.to_string()),
+        Err(_) => Credential::BadBearer("The Bearer token has characters a token cannot have."),
     }
 }
 

@@ -78,6 +78,39 @@ pub struct AuthConfig {
     /// Checked at load: printable ASCII without `"` or `\`, so it can be quoted as is.
     pub realm: String,
     pub basic: Option<BasicConfig>,
+    pub jwt: Option<JwtConfig>,
+}
+
+/// Bearer tokens (JWT). Keys come from a JWKS URL, static PEM public keys, or an HMAC
+/// secret; asymmetric and HMAC keys never mix, so no token can switch between them.
+#[derive(Debug)]
+pub struct JwtConfig {
+    pub issuer: Option<String>,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub jwks: Option<JwksSource>,
+    /// Static keys: PEM public keys, or the HMAC secret.
+    pub static_keys: Vec<(String, jsonwebtoken::DecodingKey)>,
+    pub leeway: Duration,
+    pub cache_ttl: Duration,
+    pub claims: ClaimPaths,
+}
+
+#[derive(Debug, Clone)]
+pub struct JwksSource {
+    pub url: Uri,
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    pub refresh: Duration,
+}
+
+/// Where identity lives in a token's claims: dotted paths into nested objects (a key
+/// that itself contains dots, like `https://example.com/groups`, is found as is first).
+#[derive(Debug, Clone)]
+pub struct ClaimPaths {
+    pub user: String,
+    pub email: String,
+    pub groups: String,
+    pub preferred_username: String,
 }
 
 #[derive(Debug)]
@@ -188,6 +221,8 @@ pub struct RouteConfig {
     pub path: String,
     pub upstream: UpstreamTarget,
     pub auth: RouteAuth,
+    /// OAuth scopes a Bearer token must carry (all of them).
+    pub require_scopes: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -286,7 +321,7 @@ impl Validator<'_> {
         let headers = self.headers(raw.headers);
         let auth = self.auth(raw.auth);
         let rate_limit = self.rate_limit(raw.rate_limit);
-        let has_scheme = auth.basic.is_some();
+        let has_scheme = auth.basic.is_some() || auth.jwt.is_some();
         let mut routes = Vec::new();
         for (i, r) in raw.route.into_iter().enumerate() {
             if let Some(route) = self.route(i, r, has_scheme) {
@@ -406,17 +441,16 @@ impl Validator<'_> {
             return AuthConfig {
                 realm: "Restricted".into(),
                 basic: None,
+                jwt: None,
             };
         };
         let raw = raw.into_inner();
-        for (name, value) in [("auth.jwt", &raw.jwt), ("auth.oidc", &raw.oidc)] {
-            if let Some(v) = value {
-                self.fail(
-                    span_of(v),
-                    name,
-                    "this scheme is not supported by this version of sallyport yet",
-                );
-            }
+        if let Some(v) = &raw.oidc {
+            self.fail(
+                span_of(v),
+                "auth.oidc",
+                "this scheme is not supported by this version of sallyport yet",
+            );
         }
         let realm = match raw.realm {
             None => "Restricted".to_string(),
@@ -436,7 +470,236 @@ impl Validator<'_> {
             }
         };
         let basic = raw.basic.and_then(|b| self.basic(b));
-        AuthConfig { realm, basic }
+        let jwt = raw.jwt.and_then(|j| self.jwt(j));
+        AuthConfig { realm, basic, jwt }
+    }
+
+    fn jwt(&mut self, raw: Spanned<RawJwt>) -> Option<JwtConfig> {
+        use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let before = self.errors.len();
+
+        let mut algorithms = Vec::new();
+        match &raw.algorithms {
+            None => algorithms.push(Algorithm::RS256),
+            Some(list) => {
+                for a in list.get_ref() {
+                    match a.get_ref().trim().parse::<Algorithm>() {
+                        Ok(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
+                        Ok(_) => {}
+                        Err(_) => self.fail(
+                            span_of(a),
+                            "auth.jwt.algorithms",
+                            "unknown algorithm (RS256/384/512, PS256/384/512, ES256/384, EdDSA, HS256/384/512; \"none\" is never accepted)",
+                        ),
+                    }
+                }
+                if list.get_ref().is_empty() {
+                    self.fail(
+                        span_of(list),
+                        "auth.jwt.algorithms",
+                        "list at least one algorithm",
+                    );
+                }
+            }
+        }
+        let hmac = algorithms
+            .iter()
+            .any(|a| a.family() == AlgorithmFamily::Hmac);
+        let asymmetric = algorithms
+            .iter()
+            .any(|a| a.family() != AlgorithmFamily::Hmac);
+        if hmac && asymmetric {
+            self.fail(
+                raw.algorithms.as_ref().and_then(span_of),
+                "auth.jwt.algorithms",
+                "HMAC (HS*) and public-key algorithms cannot be mixed: a verifier that accepts both can be fooled into checking an HMAC made with a public key",
+            );
+        }
+
+        let jwks = raw
+            .jwks_url
+            .as_ref()
+            .and_then(|u| match u.get_ref().trim().parse::<Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("https") && uri.authority().is_some() => {
+                    Some(uri)
+                }
+                _ => {
+                    self.fail(span_of(u), "auth.jwt.jwks_url", "must be an https:// URL");
+                    None
+                }
+            });
+        let extra_roots = match &raw.jwks_ca {
+            None => Vec::new(),
+            Some(ca) => match self.file(ca, "auth.jwt.jwks_ca") {
+                None => Vec::new(),
+                Some(path) => match load_cert_chain(&path) {
+                    Ok(certs) => certs,
+                    Err(why) => {
+                        self.fail(span_of(ca), "auth.jwt.jwks_ca", why);
+                        Vec::new()
+                    }
+                },
+            },
+        };
+        let refresh = self.positive_duration(
+            raw.jwks_refresh,
+            "auth.jwt.jwks_refresh",
+            Duration::from_secs(300),
+        );
+        let jwks = jwks.map(|url| JwksSource {
+            url,
+            extra_roots,
+            refresh,
+        });
+
+        let mut static_keys = Vec::new();
+        for k in raw.keys.iter().flatten() {
+            let Some(path) = self.file(k, "auth.jwt.keys") else {
+                continue;
+            };
+            let pem = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.fail(
+                        span_of(k),
+                        "auth.jwt.keys",
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    continue;
+                }
+            };
+            let key = DecodingKey::from_rsa_pem(&pem)
+                .or_else(|_| DecodingKey::from_ec_pem(&pem))
+                .or_else(|_| DecodingKey::from_ed_pem(&pem));
+            match key {
+                Ok(key) if algorithms.iter().any(|a| a.family() == key.family()) => {
+                    static_keys.push((path.display().to_string(), key));
+                }
+                Ok(_) => self.fail(
+                    span_of(k),
+                    "auth.jwt.keys",
+                    "this key's type matches none of the configured algorithms",
+                ),
+                Err(_) => self.fail(
+                    span_of(k),
+                    "auth.jwt.keys",
+                    format!(
+                        "{}: no PEM public key (RSA, EC P-256/P-384 or Ed25519) found",
+                        path.display()
+                    ),
+                ),
+            }
+        }
+        if let Some(secret) = &raw.hs_secret_file {
+            if let Some(path) = self.file(secret, "auth.jwt.hs_secret_file") {
+                match std::fs::read(&path) {
+                    Ok(mut bytes) => {
+                        // Secret files usually end with a newline the secret never had.
+                        while bytes.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
+                            bytes.pop();
+                        }
+                        if bytes.len() < 32 {
+                            self.fail(
+                                span_of(secret),
+                                "auth.jwt.hs_secret_file",
+                                "an HMAC secret needs at least 32 bytes (RFC 7518 3.2); generate one with `openssl rand -base64 48`",
+                            );
+                        } else if !hmac {
+                            self.fail(
+                                span_of(secret),
+                                "auth.jwt.hs_secret_file",
+                                "an HMAC secret needs HS256, HS384 or HS512 in auth.jwt.algorithms",
+                            );
+                        } else {
+                            static_keys.push((
+                                "hs_secret_file".to_string(),
+                                DecodingKey::from_secret(&bytes),
+                            ));
+                        }
+                    }
+                    Err(e) => self.fail(
+                        span_of(secret),
+                        "auth.jwt.hs_secret_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    ),
+                }
+            }
+        }
+        if hmac && (jwks.is_some() || raw.keys.as_ref().is_some_and(|k| !k.is_empty())) {
+            self.fail(
+                Some(span.clone()),
+                "auth.jwt.algorithms",
+                "HS* algorithms go with hs_secret_file only, not with jwks_url or keys",
+            );
+        }
+        if jwks.is_none() && raw.keys.is_none() && raw.hs_secret_file.is_none() {
+            self.fail(
+                Some(span),
+                "auth.jwt",
+                "needs a key source: jwks_url, keys = [\"public.pem\"] or hs_secret_file",
+            );
+        }
+
+        let issuer = raw.issuer.as_ref().map(|i| i.get_ref().trim().to_string());
+        if raw
+            .issuer
+            .as_ref()
+            .is_some_and(|i| i.get_ref().trim().is_empty())
+        {
+            self.fail(
+                raw.issuer.as_ref().and_then(span_of),
+                "auth.jwt.issuer",
+                "must not be empty",
+            );
+        }
+        let mut audiences = Vec::new();
+        for a in raw.audiences.iter().flatten() {
+            let text = a.get_ref().trim();
+            if text.is_empty() {
+                self.fail(span_of(a), "auth.jwt.audiences", "must not be empty");
+            } else {
+                audiences.push(text.to_string());
+            }
+        }
+        let leeway = self.duration(raw.leeway, "auth.jwt.leeway", Duration::from_secs(30));
+        let cache_ttl = self.duration(
+            raw.cache_ttl,
+            "auth.jwt.cache_ttl",
+            Duration::from_secs(300),
+        );
+        let mut claim = |raw: Option<Spanned<String>>, key: &str, default: &str| match raw {
+            None => default.to_string(),
+            Some(c) if c.get_ref().trim().is_empty() => {
+                self.fail(span_of(&c), key, "must name a claim");
+                default.to_string()
+            }
+            Some(c) => c.get_ref().trim().to_string(),
+        };
+        let claims = ClaimPaths {
+            user: claim(raw.claims.user, "auth.jwt.claims.user", "sub"),
+            email: claim(raw.claims.email, "auth.jwt.claims.email", "email"),
+            groups: claim(raw.claims.groups, "auth.jwt.claims.groups", "groups"),
+            preferred_username: claim(
+                raw.claims.preferred_username,
+                "auth.jwt.claims.preferred_username",
+                "preferred_username",
+            ),
+        };
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(JwtConfig {
+            issuer,
+            audiences,
+            algorithms,
+            jwks,
+            static_keys,
+            leeway,
+            cache_ttl,
+            claims,
+        })
     }
 
     fn basic(&mut self, raw: Spanned<RawBasic>) -> Option<BasicConfig> {
@@ -905,7 +1168,6 @@ impl Validator<'_> {
             ("allow_users", &raw.allow_users),
             ("allow_groups", &raw.allow_groups),
             ("allow_email_domains", &raw.allow_email_domains),
-            ("require_scopes", &raw.require_scopes),
             ("require_claims", &raw.require_claims),
             ("methods", &raw.methods),
         ] {
@@ -954,7 +1216,7 @@ impl Validator<'_> {
                 self.fail(
                     raw.auth.as_ref().map(|a| a.span()).or(Some(route_span.clone())),
                     &key("auth"),
-                    "auth = \"required\" (the default) needs an authentication scheme such as [auth.basic]; use auth = \"public\" for an open route",
+                    "auth = \"required\" (the default) needs an authentication scheme such as [auth.basic] or [auth.jwt]; use auth = \"public\" for an open route",
                 );
                 ok = false;
                 RouteAuth::Required
@@ -998,6 +1260,35 @@ impl Validator<'_> {
             );
             ok = false;
         }
+        let mut require_scopes = Vec::new();
+        if let Some(list) = &raw.require_scopes {
+            for s in list.get_ref() {
+                // RFC 6749 3.3 scope-token: printable ASCII except space, '"' and '\\'.
+                let token = s.get_ref();
+                let valid = !token.is_empty()
+                    && token.bytes().all(|b| {
+                        b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)
+                    });
+                if valid {
+                    require_scopes.push(token.clone());
+                } else {
+                    self.fail(
+                        span_of(s),
+                        &key("require_scopes"),
+                        "not an OAuth scope (printable ASCII without spaces, '\"' or '\\')",
+                    );
+                    ok = false;
+                }
+            }
+            if auth == RouteAuth::Public && !require_scopes.is_empty() {
+                self.fail(
+                    span_of(list),
+                    &key("require_scopes"),
+                    "a public route cannot require scopes",
+                );
+                ok = false;
+            }
+        }
         if !ok {
             return None;
         }
@@ -1006,6 +1297,7 @@ impl Validator<'_> {
             path: path?,
             upstream: upstream?,
             auth,
+            require_scopes,
         })
     }
 

@@ -98,7 +98,7 @@ pub struct RawRoute {
     pub allow_users: Option<Spanned<toml::Value>>,
     pub allow_groups: Option<Spanned<toml::Value>>,
     pub allow_email_domains: Option<Spanned<toml::Value>>,
-    pub require_scopes: Option<Spanned<toml::Value>>,
+    pub require_scopes: Option<Spanned<Vec<Spanned<String>>>>,
     pub require_claims: Option<Spanned<toml::Value>>,
     pub methods: Option<Spanned<toml::Value>>,
 }
@@ -122,8 +122,34 @@ pub struct RawRateLimit {
 pub struct RawAuth {
     pub realm: Option<Spanned<String>>,
     pub basic: Option<Spanned<RawBasic>>,
-    pub jwt: Option<Spanned<toml::Value>>,
+    pub jwt: Option<Spanned<RawJwt>>,
     pub oidc: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    pub issuer: Option<Spanned<String>>,
+    pub audiences: Option<Vec<Spanned<String>>>,
+    pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    pub jwks_url: Option<Spanned<String>>,
+    pub jwks_ca: Option<Spanned<String>>,
+    pub jwks_refresh: Option<Spanned<String>>,
+    pub keys: Option<Vec<Spanned<String>>>,
+    pub hs_secret_file: Option<Spanned<String>>,
+    pub leeway: Option<Spanned<String>>,
+    pub cache_ttl: Option<Spanned<String>>,
+    #[serde(default)]
+    pub claims: RawClaims,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaims {
+    pub user: Option<Spanned<String>>,
+    pub email: Option<Spanned<String>>,
+    pub groups: Option<Spanned<String>>,
+    pub preferred_username: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

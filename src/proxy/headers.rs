@@ -207,6 +207,22 @@ pub fn rewrite_request(
                 headers.insert(names.groups.clone(), v);
             }
         }
+        // Claim values come from a token the IdP signed; one with control characters
+        // cannot be a header value and is left out rather than mangled.
+        let optional = [
+            (&names.email, who.email()),
+            (&names.preferred_username, who.preferred_username()),
+        ];
+        for (name, value) in optional {
+            if let Some(v) = value.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
+                headers.insert(name.clone(), v);
+            }
+        }
+        for (name, value) in who.extra() {
+            if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
+                headers.insert(name.clone(), v);
+            }
+        }
     }
 }
 

@@ -91,7 +91,7 @@ pub fn describe_upstream(target: &UpstreamTarget) -> String {
 
 /// System trust roots, read once: the OS store does not change under a running process
 /// often enough to justify re-reading it per route.
-fn native_roots() -> &'static [CertificateDer<'static>] {
+pub(crate) fn native_roots() -> &'static [CertificateDer<'static>] {
     static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
     ROOTS.get_or_init(|| {
         let found = rustls_native_certs::load_native_certs();
