@@ -10,6 +10,7 @@
 //! response. Nothing here builds an error page itself.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HOST, HeaderValue};
@@ -46,7 +47,7 @@ pub struct Route {
 pub struct Gate {
     routes: RouteTable<Route>,
     auth: Authenticator,
-    throttle: Option<Throttle>,
+    throttle: Option<Arc<Throttle>>,
     proxy: ProxySettings,
     trusted_proxies: Vec<IpNet>,
     access_log: bool,
@@ -79,7 +80,10 @@ impl Gate {
         Ok(Gate {
             routes: RouteTable::new(entries),
             auth: Authenticator::new(&config.auth, &config.headers)?,
-            throttle: config.rate_limit.as_ref().map(Throttle::new),
+            throttle: config
+                .rate_limit
+                .as_ref()
+                .map(|limits| Arc::new(Throttle::new(limits))),
             proxy: ProxySettings {
                 managed: ManagedHeaders::new(&config.headers),
                 upstream_response: config.server.timeouts.upstream_response,
@@ -237,7 +241,7 @@ impl Gate {
     }
 
     pub fn throttle(&self) -> Option<&Throttle> {
-        self.throttle.as_ref()
+        self.throttle.as_deref()
     }
 
     pub fn routes(&self) -> impl Iterator<Item = &Route> {

@@ -174,7 +174,7 @@ impl BasicAuth {
         &self,
         user: String,
         password: Vec<u8>,
-        attempt: &Attempt<'_>,
+        attempt: &Attempt,
     ) -> Result<super::Verified, Rejection> {
         let started = tokio::time::Instant::now();
         let db = self.db.load_full();
@@ -207,6 +207,12 @@ impl BasicAuth {
                         self.verify_uncached(Arc::clone(&db), user.clone(), password, attempt)
                             .await
                     }
+                    // This request joined an identical verification that the *other*
+                    // request's budget refused; it has a budget of its own.
+                    Err(Failed::Throttled(_)) if !attempt.tried_reserving() => {
+                        self.verify_uncached(Arc::clone(&db), user.clone(), password, attempt)
+                            .await
+                    }
                     Err(e) => Err(e),
                 }
             }
@@ -231,7 +237,7 @@ impl BasicAuth {
         db: Arc<UserDb>,
         user: String,
         password: Vec<u8>,
-        attempt: &Attempt<'_>,
+        attempt: &Attempt,
     ) -> Result<CachedCredential, Failed> {
         attempt.reserve_guess().await.map_err(Failed::Throttled)?;
         let permit = Arc::clone(&self.hashing)

@@ -241,7 +241,7 @@ impl Authenticator {
     pub async fn authenticate(
         &self,
         credential: &Credential,
-        attempt: &Attempt<'_>,
+        attempt: &Attempt,
     ) -> Result<Authenticated, Rejection> {
         match (credential, &self.basic) {
             (Credential::Missing, _) => Err(Rejection::Missing),

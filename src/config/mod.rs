@@ -354,7 +354,7 @@ impl Validator<'_> {
             redis: None,
             redis_prefix: None,
         });
-        let max_failures = self.count(raw.max_failures, "rate_limit.max_failures", 5, 10_000);
+        let max_failures = self.count(raw.max_failures, "rate_limit.max_failures", 5, 1_000);
         let window =
             self.positive_duration(raw.window, "rate_limit.window", Duration::from_secs(60));
         let block_for = self.positive_duration(
@@ -366,7 +366,7 @@ impl Validator<'_> {
             raw.max_failures_per_user,
             "rate_limit.max_failures_per_user",
             20,
-            100_000,
+            10_000,
         );
         let user_window = self.positive_duration(
             raw.user_window,
@@ -750,7 +750,13 @@ impl Validator<'_> {
 
     fn duration(&mut self, raw: Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
         let Some(raw) = raw else { return default };
+        // Past a year a setting is a typo, and some timers cannot represent it at all.
+        const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
         match humantime::parse_duration(raw.get_ref().trim()) {
+            Ok(d) if d > MAX => {
+                self.fail(span_of(&raw), key, "must be at most a year");
+                default
+            }
             Ok(d) => d,
             Err(_) => {
                 self.fail(

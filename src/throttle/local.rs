@@ -13,24 +13,45 @@ use moka::sync::Cache;
 use super::{ClientKey, Throttled, ThrottledBy, Transitions, UserKey};
 use crate::config::RateLimit;
 
-/// Failures (and guesses still being checked) within a sliding window, oldest first.
+/// Guesses within a sliding window, oldest first: settled failures, and guesses still
+/// being checked (pending). Pending ones take a slot, so concurrent guesses cannot exceed
+/// the budget, but only settled failures start a block: correct logins that are merely
+/// in flight never lock anyone out.
 #[derive(Default)]
 struct Log {
-    attempts: VecDeque<(Duration, Box<str>)>,
+    attempts: VecDeque<Entry>,
     blocked_until: Option<Duration>,
     /// A username's throttle is logged once; this is when the logged one ends.
     reported_until: Duration,
 }
 
+struct Entry {
+    at: Duration,
+    /// Hash of the guess id (ids are strings because Redis shares them).
+    id: u64,
+    settled: bool,
+}
+
+/// While only pending guesses fill the budget, the client can retry as soon as they
+/// finish, which takes a hash's time, not a window's.
+const PENDING_RETRY: Duration = Duration::from_secs(1);
+
+fn id_hash(id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
+}
+
 impl Log {
     fn prune(&mut self, now: Duration, window: Duration) {
-        while self
-            .attempts
-            .front()
-            .is_some_and(|(at, _)| *at + window <= now)
-        {
+        while self.attempts.front().is_some_and(|e| e.at + window <= now) {
             self.attempts.pop_front();
         }
+    }
+
+    fn settled(&self) -> usize {
+        self.attempts.iter().filter(|e| e.settled).count()
     }
 
     /// How long until another attempt is allowed, if it is not allowed now.
@@ -42,21 +63,47 @@ impl Log {
             self.blocked_until = None;
         }
         self.prune(now, window);
-        if self.attempts.len() >= max {
-            let oldest = self.attempts.front().map_or(now, |(at, _)| *at);
+        if self.attempts.len() < max {
+            return None;
+        }
+        if self.settled() >= max {
+            let oldest = self
+                .attempts
+                .iter()
+                .find(|e| e.settled)
+                .map_or(now, |e| e.at);
             return Some((oldest + window).saturating_sub(now));
         }
-        None
+        Some(PENDING_RETRY)
     }
 
-    fn add(&mut self, id: &str, now: Duration) {
-        if !self.attempts.iter().any(|(_, known)| &**known == id) {
-            self.attempts.push_back((now, id.into()));
+    fn add_pending(&mut self, id: &str, now: Duration) {
+        let id = id_hash(id);
+        if !self.attempts.iter().any(|e| e.id == id) {
+            self.attempts.push_back(Entry {
+                at: now,
+                id,
+                settled: false,
+            });
+        }
+    }
+
+    /// Marks a reserved guess failed, or records a failure that had none.
+    fn settle(&mut self, id: &str, now: Duration) {
+        let id = id_hash(id);
+        match self.attempts.iter_mut().find(|e| e.id == id) {
+            Some(entry) => entry.settled = true,
+            None => self.attempts.push_back(Entry {
+                at: now,
+                id,
+                settled: true,
+            }),
         }
     }
 
     fn remove(&mut self, id: &str) {
-        self.attempts.retain(|(_, known)| &**known != id);
+        let id = id_hash(id);
+        self.attempts.retain(|e| e.id != id);
     }
 }
 
@@ -163,18 +210,18 @@ impl LocalStore {
                     return Err(throttled(wait, ThrottledBy::User));
                 }
             }
-            user_log.add(id, now);
+            user_log.add_pending(id, now);
         }
-        client_log.add(id, now);
+        client_log.add_pending(id, now);
         Ok(())
     }
 
     /// Records a guess Redis already admitted, so local counts stay close to the shared
     /// ones and take over without amnesty if Redis goes away.
     pub fn add_pending(&self, client: ClientKey, user: Option<UserKey>, id: &str, now: Duration) {
-        lock(&self.clients.get_with(client, Slot::default)).add(id, now);
+        lock(&self.clients.get_with(client, Slot::default)).add_pending(id, now);
         if let Some(user) = user {
-            lock(&self.users.get_with(user, Slot::default)).add(id, now);
+            lock(&self.users.get_with(user, Slot::default)).add_pending(id, now);
         }
     }
 
@@ -192,8 +239,8 @@ impl LocalStore {
             let blocked = log.blocked_until.is_some_and(|until| until > now);
             if !blocked {
                 log.prune(now, self.limits.window);
-                log.add(id, now);
-                if log.attempts.len() >= self.limits.max_failures as usize {
+                log.settle(id, now);
+                if log.settled() >= self.limits.max_failures as usize {
                     log.attempts.clear();
                     log.blocked_until = Some(now + self.limits.block_for);
                     out.client_blocked_for = Some(self.limits.block_for);
@@ -205,12 +252,19 @@ impl LocalStore {
             let mut log = lock(&slot);
             let max = self.limits.max_failures_per_user as usize;
             log.prune(now, self.limits.user_window);
-            log.add(id, now);
-            while log.attempts.len() > max {
-                log.attempts.pop_front();
+            log.settle(id, now);
+            // Only the newest `max` settled failures matter for when the throttle ends.
+            while log.settled() > max {
+                if let Some(i) = log.attempts.iter().position(|e| e.settled) {
+                    log.attempts.remove(i);
+                }
             }
-            if log.attempts.len() >= max && log.reported_until <= now {
-                let oldest = log.attempts.front().map_or(now, |(at, _)| *at);
+            if log.settled() >= max && log.reported_until <= now {
+                let oldest = log
+                    .attempts
+                    .iter()
+                    .find(|e| e.settled)
+                    .map_or(now, |e| e.at);
                 let until = oldest + self.limits.user_window;
                 log.reported_until = until;
                 out.user_throttled_for = Some(until.saturating_sub(now));

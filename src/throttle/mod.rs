@@ -229,12 +229,13 @@ impl Throttle {
     }
 
     /// The handle one request uses: its client and, once parsed, the username it presents.
-    pub fn attempt<'a>(&'a self, client: IpAddr, user: Option<&'a str>) -> Attempt<'a> {
+    pub fn attempt(self: &Arc<Self>, client: IpAddr, user: Option<&str>) -> Attempt {
         Attempt {
-            throttle: Some(self),
+            throttle: Some(Arc::clone(self)),
             client: ClientKey::of(client),
-            user,
+            user: user.map(str::to_string),
             reservation: Mutex::new(None),
+            tried_reserving: AtomicBool::new(false),
         }
     }
 
@@ -330,32 +331,44 @@ impl Throttle {
 }
 
 /// One request's dealings with the limiter.
-pub struct Attempt<'a> {
-    throttle: Option<&'a Throttle>,
+///
+/// A guess still reserved when the attempt is dropped (the client went away mid-hash, or
+/// the request ended some other way) is recorded as a failure: disconnecting early must
+/// not be a way to guess without it counting.
+pub struct Attempt {
+    throttle: Option<Arc<Throttle>>,
     client: ClientKey,
-    user: Option<&'a str>,
+    user: Option<String>,
     /// The guess this request reserved, if it ran an expensive check.
     reservation: Mutex<Option<String>>,
+    tried_reserving: AtomicBool,
 }
 
-impl Attempt<'_> {
+impl Attempt {
     /// For when throttling is off.
-    pub fn unthrottled() -> Attempt<'static> {
+    pub fn unthrottled() -> Attempt {
         Attempt {
             throttle: None,
             client: ClientKey::V4(0),
             user: None,
             reservation: Mutex::new(None),
+            tried_reserving: AtomicBool::new(false),
         }
     }
 
     fn user_key(&self) -> Option<UserKey> {
-        self.user.map(UserKey::of)
+        self.user.as_deref().map(UserKey::of)
+    }
+
+    /// Whether this request itself asked to reserve a guess (a request that joined
+    /// another's identical verification did not).
+    pub fn tried_reserving(&self) -> bool {
+        self.tried_reserving.load(Ordering::Acquire)
     }
 
     /// Step 6: refuse a blocked client or username before anything else happens.
     pub async fn check(&self) -> Result<(), Throttled> {
-        let Some(t) = self.throttle else {
+        let Some(t) = &self.throttle else {
             return Ok(());
         };
         let verdict = t.check(self.client, self.user_key()).await;
@@ -368,9 +381,10 @@ impl Attempt<'_> {
     /// Called right before an expensive verification: counts it as a failure unless it
     /// later succeeds, and refuses it if the budget is spent.
     pub async fn reserve_guess(&self) -> Result<(), Throttled> {
-        let Some(t) = self.throttle else {
+        let Some(t) = &self.throttle else {
             return Ok(());
         };
+        self.tried_reserving.store(true, Ordering::Release);
         if self
             .reservation
             .lock()
@@ -396,21 +410,21 @@ impl Attempt<'_> {
 
     /// The credentials were wrong (or malformed): count it.
     pub async fn failed(&self) {
-        let Some(t) = self.throttle else { return };
+        let Some(t) = &self.throttle else { return };
         let id = self
             .reservation
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .unwrap_or_else(|| t.new_id());
-        let user = self.user.map(|name| (name, UserKey::of(name)));
+        let user = self.user.as_deref().map(|name| (name, UserKey::of(name)));
         t.fail(self.client, user, &id).await;
     }
 
     /// The request authenticated as `user`: return the reserved guess, and remember this
     /// client as one that user really uses.
     pub async fn succeeded(&self, user: &str) {
-        let Some(t) = self.throttle else { return };
+        let Some(t) = &self.throttle else { return };
         let id = self
             .reservation
             .lock()
@@ -418,6 +432,28 @@ impl Attempt<'_> {
             .take();
         t.succeed(self.client, UserKey::of(user), id.as_deref())
             .await;
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        let Some(throttle) = self.throttle.take() else {
+            return;
+        };
+        let reservation = self
+            .reservation
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(id) = reservation else { return };
+        let (client, user) = (self.client, self.user.take());
+        let record = async move {
+            let user = user.as_deref().map(|name| (name, UserKey::of(name)));
+            throttle.fail(client, user, &id).await;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(record);
+        }
     }
 }
 

@@ -39,44 +39,66 @@ pub fn check_redis_url(url: &str) -> Result<(), String> {
         .map_err(|_| "not a valid Redis URL".into())
 }
 
-/// `{wait_ms for the client, wait_ms for the user}`; 0 means allowed. With ARGV[7] =
-/// "reserve", an allowed attempt is also added to both logs.
-const CHECK: &str = r#"
+/// Shared by the check scripts: how long until `fail`/`pend` (failures and guesses still
+/// being checked, scored by time in ms) allow another attempt. Only settled failures
+/// make a long wait; a budget filled by pending guesses frees up within a hash's time.
+const WAIT_FN: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local client_max, client_window = tonumber(ARGV[1]), tonumber(ARGV[2])
-local user_max, user_window = tonumber(ARGV[3]), tonumber(ARGV[4])
-local member, mode = ARGV[5], ARGV[6]
-local function wait(log, max, window)
-  redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
-  if redis.call('ZCARD', log) >= max then
-    local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
+local function wait(fail, pend, max, window)
+  local from = now - window + 1
+  local settled = redis.call('ZCOUNT', fail, from, '+inf')
+  if settled >= max then
+    local oldest = redis.call('ZRANGEBYSCORE', fail, from, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
     return math.max(tonumber(oldest[2]) + window - now, 1)
   end
+  if settled + redis.call('ZCOUNT', pend, from, '+inf') >= max then return 1000 end
   return 0
 end
+local client_max, client_window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local user_max, user_window = tonumber(ARGV[3]), tonumber(ARGV[4])
+local client_wait, user_wait = 0, 0
 local blocked = redis.call('PTTL', KEYS[1])
-if blocked > 0 then return {blocked, 0} end
-local client_wait = wait(KEYS[2], client_max, client_window)
-if client_wait > 0 then return {client_wait, 0} end
-if #KEYS >= 4 then
-  local user_wait = wait(KEYS[3], user_max, user_window)
-  if user_wait > 0 and redis.call('EXISTS', KEYS[4]) == 0 then return {0, user_wait} end
-  if mode == 'reserve' then
-    redis.call('ZADD', KEYS[3], 'NX', now, member)
-    redis.call('PEXPIRE', KEYS[3], user_window)
-  end
+if blocked > 0 then
+  client_wait = blocked
+else
+  client_wait = wait(KEYS[2], KEYS[3], client_max, client_window)
 end
-if mode == 'reserve' then
-  redis.call('ZADD', KEYS[2], 'NX', now, member)
-  redis.call('PEXPIRE', KEYS[2], client_window)
+if client_wait == 0 and #KEYS >= 6 then
+  user_wait = wait(KEYS[4], KEYS[5], user_max, user_window)
+  if user_wait > 0 and redis.call('EXISTS', KEYS[6]) == 1 then user_wait = 0 end
 end
-return {0, 0}
 "#;
 
-/// Records a failure (keeping a reserved guess's original time). Returns
-/// `{client blocked for ms, user throttled for ms}`, non-zero only for the failure that
-/// started the block, so exactly one replica logs it.
+/// KEYS: block, client failures, client pending, [user failures, user pending, known
+/// pair]. ARGV: client max, window ms, user max, user window ms. Returns
+/// `{client wait ms, user wait ms}`; 0 means allowed. Writes nothing.
+fn check_script() -> String {
+    format!("#!lua flags=no-writes\n{WAIT_FN}\nreturn {{client_wait, user_wait}}\n")
+}
+
+/// As the check, and an allowed guess is added to the pending sets (ARGV[5] = id).
+fn reserve_script() -> String {
+    format!(
+        "{WAIT_FN}\n{}",
+        r#"
+if client_wait == 0 and user_wait == 0 then
+  redis.call('ZADD', KEYS[3], 'NX', now, ARGV[5])
+  redis.call('PEXPIRE', KEYS[3], client_window)
+  if #KEYS >= 6 then
+    redis.call('ZADD', KEYS[5], 'NX', now, ARGV[5])
+    redis.call('PEXPIRE', KEYS[5], user_window)
+  end
+end
+return {client_wait, user_wait}
+"#
+    )
+}
+
+/// Settles a guess as failed (or records a failure that reserved nothing). KEYS: block,
+/// client failures, client pending, [user failures, user pending, reported marker].
+/// Returns `{client blocked for ms, user throttled for ms}`, non-zero only for the
+/// failure that started the block, so exactly one replica logs it.
 const FAIL: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -84,6 +106,7 @@ local client_max, client_window, block_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
 local user_max, user_window = tonumber(ARGV[4]), tonumber(ARGV[5])
 local member = ARGV[6]
 local client_out, user_out = 0, 0
+redis.call('ZREM', KEYS[3], member)
 if redis.call('PTTL', KEYS[1]) <= 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - client_window)
   redis.call('ZADD', KEYS[2], 'NX', now, member)
@@ -95,25 +118,27 @@ if redis.call('PTTL', KEYS[1]) <= 0 then
     redis.call('PEXPIRE', KEYS[2], client_window)
   end
 end
-if #KEYS >= 4 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - user_window)
-  redis.call('ZADD', KEYS[3], 'NX', now, member)
-  local n = redis.call('ZCARD', KEYS[3])
+if #KEYS >= 6 then
+  redis.call('ZREM', KEYS[5], member)
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - user_window)
+  redis.call('ZADD', KEYS[4], 'NX', now, member)
+  local n = redis.call('ZCARD', KEYS[4])
   if n > user_max then
-    redis.call('ZREMRANGEBYRANK', KEYS[3], 0, n - user_max - 1)
+    redis.call('ZREMRANGEBYRANK', KEYS[4], 0, n - user_max - 1)
     n = user_max
   end
-  redis.call('PEXPIRE', KEYS[3], user_window)
+  redis.call('PEXPIRE', KEYS[4], user_window)
   if n >= user_max then
-    local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+    local oldest = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
     local left = math.max(tonumber(oldest[2]) + user_window - now, 1)
-    if redis.call('SET', KEYS[4], '1', 'NX', 'PX', left) then user_out = left end
+    if redis.call('SET', KEYS[6], '1', 'NX', 'PX', left) then user_out = left end
   end
 end
 return {client_out, user_out}
 "#;
 
-/// Takes a reserved guess back and marks the client/user pair known.
+/// Takes a reserved guess back and marks the client/user pair known. KEYS: client
+/// pending, user pending, known pair.
 const SUCCEED: &str = r#"
 if ARGV[2] ~= '' then
   redis.call('ZREM', KEYS[1], ARGV[2])
@@ -132,6 +157,7 @@ pub struct SharedStore {
     prefix: String,
     limits: RateLimit,
     check: Script,
+    reserve: Script,
     fail: Script,
     succeed: Script,
     stats: Arc<ThrottleStats>,
@@ -153,7 +179,8 @@ impl SharedStore {
             connecting: tokio::sync::Mutex::new(()),
             prefix: target.prefix.clone(),
             limits: limits.clone(),
-            check: Script::new(CHECK),
+            check: Script::new(&check_script()),
+            reserve: Script::new(&reserve_script()),
             fail: Script::new(FAIL),
             succeed: Script::new(SUCCEED),
             stats,
@@ -162,21 +189,45 @@ impl SharedStore {
         })
     }
 
-    fn keys(&self, client: ClientKey, user: Option<UserKey>) -> Vec<String> {
+    /// block, client failures, client pending, then for a username: its failures, its
+    /// pending guesses, and the known-pair key (`last` replaces it where a script needs
+    /// another per-user key).
+    fn keys(&self, client: ClientKey, user: Option<UserKey>, last: Option<&str>) -> Vec<String> {
         let p = &self.prefix;
         let c = client.storage_id();
-        let mut keys = vec![format!("{p}block:{c}"), format!("{p}client:{c}")];
+        let mut keys = vec![
+            format!("{p}block:{c}"),
+            format!("{p}fail:{c}"),
+            format!("{p}pend:{c}"),
+        ];
         if let Some(user) = user {
             let u = user.storage_id();
-            keys.push(format!("{p}user:{u}"));
-            keys.push(format!("{p}known:{u}:{c}"));
+            keys.push(format!("{p}ufail:{u}"));
+            keys.push(format!("{p}upend:{u}"));
+            keys.push(match last {
+                Some(kind) => format!("{p}{kind}:{u}"),
+                None => format!("{p}known:{u}:{c}"),
+            });
         }
         keys
     }
 
+    /// Whether to call Redis now. After a failure Redis rests; when the rest is over,
+    /// exactly one request probes it (and pushes the rest further out meanwhile), so a
+    /// dead Redis costs one timeout per second, not one per request.
     fn available(&self) -> bool {
         let resting = self.resting_until.load(Ordering::Acquire);
-        resting == 0 || self.origin.elapsed().as_millis() as u64 >= resting
+        if resting == 0 {
+            return true;
+        }
+        let now = self.origin.elapsed().as_millis() as u64;
+        if now < resting {
+            return false;
+        }
+        let next = now + RETRY_AFTER_FAILURE.as_millis() as u64;
+        self.resting_until
+            .compare_exchange(resting, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     async fn run(&self, script: &Script, keys: &[String], args: &[String]) -> Option<Vec<i64>> {
@@ -255,14 +306,13 @@ impl SharedStore {
         }
     }
 
-    fn check_args(&self, id: &str, mode: &str) -> Vec<String> {
+    fn check_args(&self, id: &str) -> Vec<String> {
         vec![
             self.limits.max_failures.to_string(),
             self.limits.window.as_millis().to_string(),
             self.limits.max_failures_per_user.to_string(),
             self.limits.user_window.as_millis().to_string(),
             id.to_string(),
-            mode.to_string(),
         ]
     }
 
@@ -275,8 +325,8 @@ impl SharedStore {
         let values = self
             .run(
                 &self.check,
-                &self.keys(client, user),
-                &self.check_args("", "check"),
+                &self.keys(client, user, None),
+                &self.check_args(""),
             )
             .await?;
         Some(Self::verdict(&values))
@@ -290,9 +340,9 @@ impl SharedStore {
     ) -> Option<Result<(), Throttled>> {
         let values = self
             .run(
-                &self.check,
-                &self.keys(client, user),
-                &self.check_args(id, "reserve"),
+                &self.reserve,
+                &self.keys(client, user, None),
+                &self.check_args(id),
             )
             .await?;
         Some(Self::verdict(&values))
@@ -312,11 +362,7 @@ impl SharedStore {
             self.limits.user_window.as_millis().to_string(),
             id.to_string(),
         ];
-        let mut keys = self.keys(client, user);
-        if let Some(user) = user {
-            // The user's fourth key is its "throttle already reported" marker here.
-            keys[3] = format!("{}reported:{}", self.prefix, user.storage_id());
-        }
+        let keys = self.keys(client, user, Some("reported"));
         let values = self.run(&self.fail, &keys, &args).await?;
         let ms = |i: usize| {
             let v = values.get(i).copied().unwrap_or(0);
@@ -329,8 +375,8 @@ impl SharedStore {
     }
 
     pub async fn succeed(&self, client: ClientKey, user: UserKey, id: Option<&str>) {
-        let keys = self.keys(client, Some(user));
-        let keys = vec![keys[1].clone(), keys[2].clone(), keys[3].clone()];
+        let keys = self.keys(client, Some(user), None);
+        let keys = vec![keys[2].clone(), keys[4].clone(), keys[5].clone()];
         let args = vec![
             self.limits.user_window.as_millis().to_string(),
             id.unwrap_or("").to_string(),

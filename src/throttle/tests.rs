@@ -24,13 +24,13 @@ fn ip(s: &str) -> IpAddr {
 
 struct Rig {
     clock: Arc<ManualClock>,
-    throttle: Throttle,
+    throttle: Arc<Throttle>,
 }
 
 impl Rig {
     fn new(limits: RateLimit) -> Rig {
         let clock = Arc::new(ManualClock::default());
-        let throttle = Throttle::with_clock(&limits, clock.clone());
+        let throttle = Arc::new(Throttle::with_clock(&limits, clock.clone()));
         Rig { clock, throttle }
     }
 
@@ -53,6 +53,12 @@ impl Rig {
         attempt.reserve_guess().await?;
         attempt.succeeded(user).await;
         Ok(())
+    }
+
+    /// A failure recorded without going through check and reserve (a malformed
+    /// credential, say), while other guesses are pending.
+    async fn guess_after_reserving_elsewhere(&self, from: &str) {
+        self.throttle.attempt(ip(from), None).failed().await;
     }
 
     async fn check(&self, from: &str, user: Option<&str>) -> Result<(), Throttled> {
@@ -225,6 +231,46 @@ async fn the_owner_keeps_working_from_a_client_that_recently_authenticated() {
 }
 
 #[tokio::test]
+async fn correct_logins_in_flight_never_block_anyone() {
+    let rig = Rig::new(limits());
+    // Three correct logins still hashing fill the budget...
+    let logins: Vec<_> = (0..3)
+        .map(|_| rig.throttle.attempt(ip("192.0.2.7"), Some("alice")))
+        .collect();
+    for a in &logins {
+        a.reserve_guess().await.unwrap();
+    }
+    // ...so a fourth waits a moment, not a window...
+    let refused = rig.check("192.0.2.7", None).await.unwrap_err();
+    assert_eq!(refused.retry_after, SEC);
+    // ...and a typo settling meanwhile does not start a block.
+    rig.guess_after_reserving_elsewhere("192.0.2.7").await;
+    for a in &logins {
+        a.succeeded("alice").await;
+    }
+    rig.check("192.0.2.7", Some("alice")).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_guess_abandoned_mid_check_still_counts() {
+    let rig = Rig::new(limits());
+    for _ in 0..3 {
+        let attempt = rig.throttle.attempt(ip("192.0.2.8"), Some("alice"));
+        attempt.check().await.unwrap();
+        attempt.reserve_guess().await.unwrap();
+        // The client disconnects: the request future, and the attempt, are dropped.
+        drop(attempt);
+    }
+    // The failures are recorded by tasks the drops spawned.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let blocked = rig.check("192.0.2.8", None).await.unwrap_err();
+    assert_eq!(blocked.by, ThrottledBy::Client);
+    assert_eq!(blocked.retry_after, 900 * SEC);
+}
+
+#[tokio::test]
 async fn cheap_failures_without_a_reservation_count_too() {
     let rig = Rig::new(limits());
     for _ in 0..3 {
@@ -282,7 +328,7 @@ impl Captured {
 }
 
 #[tokio::test(start_paused = true)]
-async fn each_block_and_unblock_is_logged_once_without_the_password() {
+async fn each_block_and_unblock_is_logged_once_with_the_name_escaped() {
     let logs = Captured::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()

@@ -11,7 +11,7 @@ install_packages "${need[@]}"
 dir="$WORK/throttle"
 mkdir -p "$dir"
 htpasswd -cbB -C 5 "$dir/users.htpasswd" alice 'alice-pw' 2>/dev/null
-htpasswd -bB -C 5 "$dir/users.htpasswd" bob 'bob-pw' 2>/dev/null
+htpasswd -bB -C 5 "$dir/users.htpasswd" facade 'facade-pw' 2>/dev/null
 htpasswd -bB -C 5 "$dir/users.htpasswd" carol 'carol-pw' 2>/dev/null
 
 redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -65,7 +65,7 @@ for addr in "$addr_a" "$addr_a" "$addr_b" "$addr_b"; do
 done
 expect "4 guesses from one client spread over two replicas are each answered" "$got" "401 401 401 401 "
 expect "5th attempt at replica A is refused, right password or not" "$(status "$addr_a" 127.0.0.2 alice:alice-pw)" 429
-expect "5th attempt at replica B is refused too" "$(status "$addr_b" 127.0.0.2 bob:bob-pw)" 429
+expect "5th attempt at replica B is refused too" "$(status "$addr_b" 127.0.0.2 facade:facade-pw)" 429
 retry=$(curl -sk -o /dev/null -D - --interface 127.0.0.2 -u alice:alice-pw "https://$addr_b/" | tr -d '\r' | awk -F': ' 'tolower($1)=="retry-after"{print $2}')
 if [ -n "$retry" ] && [ "$retry" -ge 895 ] && [ "$retry" -le 900 ]; then
     pass "Retry-After from the shared block is the remaining block time ($retry s)"
@@ -80,15 +80,15 @@ expect_absent "no password in either log" "$(cat "$dir/a.log" "$dir/b.log")" 'wr
 # One budget per username across clients and replicas: 6 guesses, 3 per replica.
 got=""
 for i in 4 5 6; do
-    got="$got$(status "$addr_a" "127.0.0.$i" bob:guess-a) $(status "$addr_b" "127.0.0.$i" bob:guess-b) "
+    got="$got$(status "$addr_a" "127.0.0.$i" facade:guess-a) $(status "$addr_b" "127.0.0.$i" facade:guess-b) "
 done
 expect "6 guesses on one name from 3 clients over 2 replicas are answered" "$got" "401 401 401 401 401 401 "
-expect "bob is throttled for a fresh client at A" "$(status "$addr_a" 127.0.0.7 bob:bob-pw)" 429
-expect "bob is throttled for a fresh client at B" "$(status "$addr_b" 127.0.0.7 bob:bob-pw)" 429
+expect "facade is throttled for a fresh client at A" "$(status "$addr_a" 127.0.0.7 facade:facade-pw)" 429
+expect "facade is throttled for a fresh client at B" "$(status "$addr_b" 127.0.0.7 facade:facade-pw)" 429
 expect "alice is not, from the same client" "$(status "$addr_b" 127.0.0.7 alice:alice-pw)" 200
 keys=$(redis-cli -p "$redis_port" --scan --pattern 'sallyport:*' | sort | tr '\n' ' ')
 expect_contains "counters live in Redis under the prefix" "$keys" "sallyport:block:"
-expect_absent "Redis keys hold no usernames" "$keys" 'bob'
+expect_absent "Redis keys hold no usernames" "$keys" 'facade'
 if redis-cli -p "$redis_port" --scan --pattern 'sallyport:*' |
     xargs -r -n1 redis-cli -p "$redis_port" pttl | grep -qx -- '-1'; then
     fail "every Redis key expires by itself"
@@ -108,7 +108,7 @@ expect_contains "the outage is logged" "$(cat "$dir/a.log")" "Redis unreachable"
 expect_absent "no request failed with a 5xx during the outage" "$(grep -o 'status=5[0-9][0-9]' "$dir/a.log" || true)" 'status=5'
 
 # Redis returns (empty, on the same port): sharing resumes by itself. (carol: alice and
-# bob are throttled in the replicas' local counters, which answer before Redis is asked.)
+# facade are throttled in the replicas' local counters, which answer before Redis is asked.)
 start_redis
 recovered=no
 for _ in $(seq 1 50); do
