@@ -184,6 +184,32 @@ fn check(path: &Path) -> ExitCode {
     println!("  listen: {}", listen.join(", "));
     println!("  tls:    {tls}");
     println!("  throttling: {throttle}");
+    if let Some(basic) = &config.auth.basic {
+        println!(
+            "  basic:  {} ({} users)",
+            basic.htpasswd.display(),
+            basic.users.users()
+        );
+    }
+    if let Some(jwt) = &config.auth.jwt {
+        let mut sources = Vec::new();
+        if let Some(jwks) = &jwt.jwks {
+            sources.push(format!("JWKS {}", jwks.url));
+        }
+        sources.extend(jwt.static_keys.iter().map(|(name, _)| name.clone()));
+        let algorithms: Vec<String> = jwt.algorithms.iter().map(|a| format!("{a:?}")).collect();
+        println!(
+            "  bearer: {} [{}], issuer {}, audiences {}",
+            sources.join(", "),
+            algorithms.join(", "),
+            jwt.issuer.as_deref().unwrap_or("(any)"),
+            if jwt.audiences.is_empty() {
+                "(any)".to_string()
+            } else {
+                jwt.audiences.join(", ")
+            },
+        );
+    }
     println!("  routes:");
     for line in RouteTable::describe(&config.routes) {
         println!("    {line}");

@@ -256,8 +256,12 @@ impl RouteTable<()> {
         routes
             .iter()
             .map(|r| {
+                let rules = crate::policy::Policy::new(r)
+                    .describe()
+                    .map(|d| format!("; {d}"))
+                    .unwrap_or_default();
                 format!(
-                    "{}{} -> {} ({})",
+                    "{}{} -> {} ({}{rules})",
                     r.host.as_ref().map(|h| h.to_string()).unwrap_or_default(),
                     r.path,
                     crate::proxy::describe_upstream(&r.upstream),
