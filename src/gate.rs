@@ -14,14 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HOST, HeaderValue};
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 use tokio::time::Instant;
 
 use crate::auth::{Authenticated, Authenticator, Rejection, Scheme};
 use crate::client_ip::{client_ip, is_trusted};
-use crate::config::{Config, RouteAuth};
+use crate::config::{Config, Cors, IdentityHeaders, RouteAuth};
+use crate::forward_auth;
 use crate::policy::{Denied, Policy};
 use crate::proxy::headers::{ForwardedFacts, ManagedHeaders};
 use crate::proxy::{self, ProxyBody, ProxySettings, Upstream};
@@ -50,10 +51,13 @@ pub struct Gate {
     throttle: Option<Arc<Throttle>>,
     proxy: ProxySettings,
     trusted_proxies: Vec<IpNet>,
+    cors: Cors,
+    identity_headers: IdentityHeaders,
     access_log: bool,
 }
 
 const BUILTIN_PREFIX: &str = "/.sallyport";
+const FORWARD_AUTH_PATH: &str = "/.sallyport/auth";
 
 impl Gate {
     pub fn new(config: &Config) -> Result<Gate, String> {
@@ -90,6 +94,8 @@ impl Gate {
                 max_body_bytes: config.server.limits.max_body_bytes,
             },
             trusted_proxies: config.server.trusted_proxies.clone(),
+            cors: config.cors.clone(),
+            identity_headers: config.headers.clone(),
             access_log: config.log.access_log,
         })
     }
@@ -102,6 +108,7 @@ impl Gate {
         let body_kind = respond::negotiate(request.headers());
         let method = request.method().clone();
         let raw_path = request.uri().path().to_string();
+        let cors_origin = self.allowed_origin(request.headers());
 
         let mut trace = Trace::default();
         let result = self
@@ -109,7 +116,9 @@ impl Gate {
             .await;
         let mut response = match result {
             Ok(response) => response,
-            Err(failure) => respond::failure_response(&failure, body_kind, &request_id),
+            Err(failure) => {
+                respond::failure_response(&failure, body_kind, &request_id, cors_origin.as_ref())
+            }
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", v);
@@ -147,37 +156,19 @@ impl Gate {
             .map_err(|_| Failure::BadRequest("The request path is malformed or ambiguous."))?;
         trace.path = Some(path.clone());
 
+        if path == FORWARD_AUTH_PATH {
+            return self
+                .forward_auth(request.headers(), peer_trusted, client, trace)
+                .await;
+        }
         if routes::prefix_matches(BUILTIN_PREFIX, &path) {
             return Err(Failure::NotFound);
         }
 
-        let match_host = host.as_deref().and_then(routes::host_for_matching);
-        let route = self
-            .routes
-            .find(match_host.as_deref(), &path)
-            .ok_or(Failure::NotFound)?;
-        trace.route = Some(route.label.clone());
-
-        let identity: Option<Authenticated> = match route.auth {
-            RouteAuth::Public => {
-                trace.auth = "public";
-                None
-            }
-            RouteAuth::Required => {
-                let who = self.authenticate(request.headers(), client, trace).await?;
-                if let Err(denied) = route.policy.check(&who) {
-                    trace.auth = "forbidden";
-                    return Err(match denied {
-                        Denied::MissingScopes(scope) => Failure::Forbidden {
-                            realm: self.auth.realm(),
-                            // Only a token can be told which scopes to get.
-                            scope: (who.scheme() == Scheme::Bearer).then_some(scope),
-                        },
-                    });
-                }
-                Some(who)
-            }
-        };
+        let route = self.route_for(host.as_deref(), &path, trace)?;
+        let identity = self
+            .admit(route, request.method(), request.headers(), client, trace)
+            .await?;
 
         let facts = ForwardedFacts {
             peer: conn.peer.ip(),
@@ -192,6 +183,101 @@ impl Gate {
             proxy::forward(&route.upstream, &self.proxy, request, &path, &facts).await?;
         trace.upstream_latency = Some(forwarded.upstream_latency);
         Ok(forwarded.response)
+    }
+
+    fn route_for(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        trace: &mut Trace,
+    ) -> Result<&Route, Failure> {
+        let match_host = host.and_then(routes::host_for_matching);
+        let route = self
+            .routes
+            .find(match_host.as_deref(), path)
+            .ok_or(Failure::NotFound)?;
+        trace.route = Some(route.label.clone());
+        Ok(route)
+    }
+
+    /// Steps 5 to 9 for one route: public routes and CORS preflights pass, everyone else
+    /// is throttle-checked, authenticated and held to the route's rules.
+    async fn admit(
+        &self,
+        route: &Route,
+        method: &Method,
+        headers: &http::HeaderMap,
+        client: std::net::IpAddr,
+        trace: &mut Trace,
+    ) -> Result<Option<Authenticated>, Failure> {
+        if route.auth == RouteAuth::Public {
+            trace.auth = "public";
+            route
+                .policy
+                .check_method(method)
+                .map_err(|denied| self.forbidden(denied, None, trace))?;
+            return Ok(None);
+        }
+        if self.cors.skip_preflight && is_preflight(method, headers) {
+            // Browsers never send credentials on a preflight; requiring them would
+            // break every cross-origin call. The real request is authenticated.
+            trace.auth = "preflight";
+            return Ok(None);
+        }
+        let who = self.authenticate(headers, client, trace).await?;
+        route
+            .policy
+            .check(&who, method)
+            .map_err(|denied| self.forbidden(denied, Some(&who), trace))?;
+        Ok(Some(who))
+    }
+
+    fn forbidden(&self, denied: Denied, who: Option<&Authenticated>, trace: &mut Trace) -> Failure {
+        trace.auth = denied.reason();
+        let scope = match denied {
+            // Only a token can be told which scopes to get.
+            Denied::MissingScopes(scope) if who.is_some_and(|w| w.scheme() == Scheme::Bearer) => {
+                Some(scope)
+            }
+            _ => None,
+        };
+        Failure::Forbidden {
+            realm: self.auth.realm(),
+            scope,
+        }
+    }
+
+    /// `/.sallyport/auth`: the same decision as for a proxied request, about the request
+    /// a trusted proxy in front of us describes, answered with headers instead of a body.
+    async fn forward_auth(
+        &self,
+        headers: &http::HeaderMap,
+        peer_trusted: bool,
+        client: std::net::IpAddr,
+        trace: &mut Trace,
+    ) -> Result<Response<ProxyBody>, Failure> {
+        trace.route = Some(FORWARD_AUTH_PATH.to_string());
+        if !peer_trusted {
+            return Err(Failure::BadRequest(
+                "Forward-auth requests are accepted only from server.trusted_proxies.",
+            ));
+        }
+        let original = forward_auth::original_request(headers).map_err(Failure::BadRequest)?;
+        let path = routes::normalize_path(&original.path).map_err(|_| {
+            Failure::BadRequest("The original request path is malformed or ambiguous.")
+        })?;
+        trace.path = Some(format!("{FORWARD_AUTH_PATH} {} {path}", original.method));
+        if routes::prefix_matches(BUILTIN_PREFIX, &path) {
+            return Err(Failure::NotFound);
+        }
+        let route = self.route_for(original.host.as_deref(), &path, trace)?;
+        let identity = self
+            .admit(route, &original.method, headers, client, trace)
+            .await?;
+        Ok(forward_auth::allowed(
+            identity.as_ref(),
+            &self.identity_headers,
+        ))
     }
 
     /// Steps 6 to 8: throttle check, authentication, failure accounting.
@@ -240,6 +326,19 @@ impl Gate {
         }
     }
 
+    /// The request's `Origin`, if it may read our own error answers.
+    fn allowed_origin(&self, headers: &http::HeaderMap) -> Option<HeaderValue> {
+        if self.cors.allowed_origins.is_empty() {
+            return None;
+        }
+        let origin = headers.get(http::header::ORIGIN)?;
+        let text = origin.to_str().ok()?.to_ascii_lowercase();
+        self.cors
+            .allowed_origins
+            .contains(&text)
+            .then(|| origin.clone())
+    }
+
     pub fn throttle(&self) -> Option<&Throttle> {
         self.throttle.as_deref()
     }
@@ -251,6 +350,14 @@ impl Gate {
     pub fn authenticator(&self) -> &Authenticator {
         &self.auth
     }
+}
+
+/// A CORS preflight (Fetch standard): OPTIONS with `Origin` and
+/// `Access-Control-Request-Method`.
+fn is_preflight(method: &Method, headers: &http::HeaderMap) -> bool {
+    method == Method::OPTIONS
+        && headers.contains_key(http::header::ORIGIN)
+        && headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 fn too_many_attempts(throttled: Throttled) -> Failure {

@@ -11,6 +11,7 @@
 //!   build.
 //! - [`throttle`]: failed-authentication counting per client and username, local or
 //!   in Redis.
+//! - [`forward_auth`]: `/.sallyport/auth` for nginx, Traefik and Caddy in front of us.
 //! - [`policy`]: route rules for an authenticated identity (403).
 //! - [`reload`]: debounced file watching for live reload.
 //! - [`client_ip`]: trusted-proxy aware client address.
@@ -23,6 +24,7 @@
 pub mod auth;
 pub mod client_ip;
 pub mod config;
+pub mod forward_auth;
 pub mod gate;
 pub mod logging;
 pub mod policy;

@@ -6,7 +6,10 @@
 use bytes::Bytes;
 use std::sync::Arc;
 
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{
+    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS,
+    CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{HeaderMap, Response, StatusCode};
 
 use crate::proxy::{ProxyBody, full_body};
@@ -197,10 +200,13 @@ pub fn negotiate(headers: &HeaderMap) -> BodyKind {
     best.0
 }
 
+/// `cors_origin`: the request's `Origin` when it is one of `[cors] allowed_origins`, so
+/// browser code there can read why it was refused.
 pub fn failure_response(
     failure: &Failure,
     kind: BodyKind,
     request_id: &str,
+    cors_origin: Option<&HeaderValue>,
 ) -> Response<ProxyBody> {
     let status = failure.status();
     let (content_type, body) = render_body(
@@ -219,6 +225,18 @@ pub fn failure_response(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
+    if let Some(origin) = cors_origin {
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        headers.insert(
+            ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        headers.insert(
+            ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("WWW-Authenticate, Retry-After, X-Request-Id"),
+        );
+        headers.append(http::header::VARY, HeaderValue::from_static("Origin"));
+    }
     match failure {
         Failure::ServiceUnavailable { retry_after_secs }
         | Failure::TooManyAttempts { retry_after_secs } => {

@@ -266,6 +266,7 @@ impl JwtAuth {
             preferred_username,
             scopes,
             extra,
+            claims: Some(Arc::new(claims.clone())),
         })
     }
 }
@@ -347,7 +348,7 @@ fn map_error(kind: &ErrorKind) -> TokenError {
 
 /// A claim by path: the whole path as one key first (namespaced claims such as
 /// `https://example.com/groups` contain dots), then dot-separated into nested objects.
-fn claim<'a>(claims: &'a Value, path: &str) -> Option<&'a Value> {
+pub fn claim<'a>(claims: &'a Value, path: &str) -> Option<&'a Value> {
     if let Some(v) = claims.get(path) {
         return Some(v);
     }

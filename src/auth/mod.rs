@@ -51,6 +51,8 @@ pub struct Authenticated {
     scopes: Vec<String>,
     /// `[headers] extra`: header and the claim value for it (Bearer only).
     extra: Vec<(http::HeaderName, String)>,
+    /// The verified claims, for `require_claims` (Bearer only).
+    claims: Option<Arc<serde_json::Value>>,
 }
 
 impl Authenticated {
@@ -76,6 +78,10 @@ impl Authenticated {
 
     pub fn extra(&self) -> &[(http::HeaderName, String)] {
         &self.extra
+    }
+
+    pub fn claims(&self) -> Option<&serde_json::Value> {
+        self.claims.as_deref()
     }
 
     pub fn scheme(&self) -> Scheme {
@@ -258,6 +264,7 @@ impl Authenticator {
                     preferred_username: None,
                     scopes: Vec::new(),
                     extra: Vec::new(),
+                    claims: None,
                 })
             }
             (Credential::Basic { .. } | Credential::Unsupported, _) => {

@@ -38,6 +38,7 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `None` when `[rate_limit] enabled = false`.
     pub rate_limit: Option<RateLimit>,
+    pub cors: Cors,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -221,8 +222,43 @@ pub struct RouteConfig {
     pub path: String,
     pub upstream: UpstreamTarget,
     pub auth: RouteAuth,
-    /// OAuth scopes a Bearer token must carry (all of them).
+    pub rules: RouteRules,
+}
+
+/// Who may use a route once authenticated. Evaluated by [`crate::policy`].
+#[derive(Debug, Clone, Default)]
+pub struct RouteRules {
+    /// Identity allowlists: when any is set, the identity must match at least one.
+    pub allow_users: Vec<String>,
+    pub allow_groups: Vec<String>,
+    /// Lowercase; matched exactly against the part after the single `@` of the email.
+    pub allow_email_domains: Vec<String>,
+    /// Requirements: all must hold. OAuth scopes a Bearer token must carry.
     pub require_scopes: Vec<String>,
+    /// Claim path -> accepted values (the claim, or one element of it, must equal one).
+    pub require_claims: Vec<(String, Vec<String>)>,
+    /// When set, other methods get 403.
+    pub methods: Option<Vec<http::Method>>,
+}
+
+impl RouteRules {
+    pub fn is_empty(&self) -> bool {
+        self.allow_users.is_empty()
+            && self.allow_groups.is_empty()
+            && self.allow_email_domains.is_empty()
+            && self.require_scopes.is_empty()
+            && self.require_claims.is_empty()
+            && self.methods.is_none()
+    }
+}
+
+/// Cross-origin rules for our own answers and for preflights.
+#[derive(Debug, Clone)]
+pub struct Cors {
+    /// Exact origins (`https://app.example.com`) that may read our 401/403/429s.
+    pub allowed_origins: Vec<String>,
+    /// OPTIONS with `Origin` and `Access-Control-Request-Method` pass unauthenticated.
+    pub skip_preflight: bool,
 }
 
 #[derive(Debug)]
@@ -296,15 +332,14 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
-        for (section, value) in [("admin", &raw.admin), ("cors", &raw.cors)] {
-            if let Some(v) = value {
-                self.fail(
-                    span_of(v),
-                    section,
-                    "this section is not supported by this version of sallyport yet",
-                );
-            }
+        if let Some(v) = &raw.admin {
+            self.fail(
+                span_of(v),
+                "admin",
+                "this section is not supported by this version of sallyport yet",
+            );
         }
+        let cors = self.cors(raw.cors);
         let server = match raw.server {
             Some(s) => self.server(s.into_inner()),
             None => self.server(RawServer {
@@ -338,10 +373,47 @@ impl Validator<'_> {
             headers,
             auth,
             rate_limit,
+            cors,
             routes,
         }
     }
 
+    fn cors(&mut self, raw: Option<Spanned<RawCors>>) -> Cors {
+        let Some(raw) = raw.map(Spanned::into_inner) else {
+            return Cors {
+                allowed_origins: Vec::new(),
+                skip_preflight: true,
+            };
+        };
+        let mut allowed_origins = Vec::new();
+        for origin in raw.allowed_origins.iter().flatten() {
+            let text = origin.get_ref().trim().trim_end_matches('/');
+            // An origin is scheme://host[:port], nothing more (RFC 6454).
+            let valid = text
+                .parse::<Uri>()
+                .ok()
+                .filter(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https"))
+                        && u.authority().is_some_and(|a| !a.as_str().contains('@'))
+                        && matches!(u.path(), "" | "/")
+                        && u.query().is_none()
+                })
+                .is_some();
+            if valid {
+                allowed_origins.push(text.to_ascii_lowercase());
+            } else {
+                self.fail(
+                    span_of(origin),
+                    "cors.allowed_origins",
+                    "not an origin (write \"https://app.example.com\", no path; \"*\" is not accepted because these answers carry credentials)",
+                );
+            }
+        }
+        Cors {
+            allowed_origins,
+            skip_preflight: raw.skip_preflight.unwrap_or(true),
+        }
+    }
     fn rate_limit(&mut self, raw: Option<Spanned<RawRateLimit>>) -> Option<RateLimit> {
         let raw = raw.map(Spanned::into_inner).unwrap_or(RawRateLimit {
             enabled: None,
@@ -1170,23 +1242,6 @@ impl Validator<'_> {
         let key = |field: &str| format!("route[{index}].{field}");
         let mut ok = true;
 
-        for (name, value) in [
-            ("allow_users", &raw.allow_users),
-            ("allow_groups", &raw.allow_groups),
-            ("allow_email_domains", &raw.allow_email_domains),
-            ("require_claims", &raw.require_claims),
-            ("methods", &raw.methods),
-        ] {
-            if let Some(v) = value {
-                self.fail(
-                    span_of(v),
-                    &key(name),
-                    "authorization rules are not supported by this version of sallyport yet",
-                );
-                ok = false;
-            }
-        }
-
         let path = match &raw.path {
             None => {
                 self.fail(
@@ -1243,7 +1298,7 @@ impl Validator<'_> {
         let upstream = match &raw.upstream {
             None => {
                 self.fail(
-                    Some(route_span),
+                    Some(route_span.clone()),
                     &key("upstream"),
                     "missing (http://, https://, unix:/path.sock or builtin:echo)",
                 );
@@ -1266,31 +1321,18 @@ impl Validator<'_> {
             );
             ok = false;
         }
-        let mut require_scopes = Vec::new();
-        if let Some(list) = &raw.require_scopes {
-            for s in list.get_ref() {
-                // RFC 6749 3.3 scope-token: printable ASCII except space, '"' and '\\'.
-                let token = s.get_ref();
-                let valid = !token.is_empty()
-                    && token.bytes().all(|b| {
-                        b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)
-                    });
-                if valid {
-                    require_scopes.push(token.clone());
-                } else {
-                    self.fail(
-                        span_of(s),
-                        &key("require_scopes"),
-                        "not an OAuth scope (printable ASCII without spaces, '\"' or '\\')",
-                    );
-                    ok = false;
-                }
-            }
-            if auth == RouteAuth::Public && !require_scopes.is_empty() {
+        let rules = self.route_rules(&raw, &key);
+        if let Some(rules) = &rules {
+            let identity_rules = !rules.allow_users.is_empty()
+                || !rules.allow_groups.is_empty()
+                || !rules.allow_email_domains.is_empty()
+                || !rules.require_scopes.is_empty()
+                || !rules.require_claims.is_empty();
+            if auth == RouteAuth::Public && identity_rules {
                 self.fail(
-                    span_of(list),
-                    &key("require_scopes"),
-                    "a public route cannot require scopes",
+                    Some(route_span.clone()),
+                    &key("auth"),
+                    "a public route has no identity to check allow_* or require_* rules against",
                 );
                 ok = false;
             }
@@ -1303,7 +1345,107 @@ impl Validator<'_> {
             path: path?,
             upstream: upstream?,
             auth,
+            rules: rules?,
+        })
+    }
+
+    /// The route's authorization rules; `None` (with errors recorded) if any is invalid.
+    fn route_rules(&mut self, raw: &RawRoute, key: &dyn Fn(&str) -> String) -> Option<RouteRules> {
+        let before = self.errors.len();
+        let mut names = |list: &Option<Spanned<Vec<Spanned<String>>>>, field: &str| {
+            let mut out = Vec::new();
+            for item in list.iter().flat_map(|l| l.get_ref()) {
+                let text = item.get_ref().trim();
+                if text.is_empty() {
+                    self.fail(span_of(item), &key(field), "must not be empty");
+                } else {
+                    out.push(text.to_string());
+                }
+            }
+            out
+        };
+        let allow_users = names(&raw.allow_users, "allow_users");
+        let allow_groups = names(&raw.allow_groups, "allow_groups");
+        let domains = names(&raw.allow_email_domains, "allow_email_domains");
+        let scopes = names(&raw.require_scopes, "require_scopes");
+        let mut allow_email_domains = Vec::new();
+        for d in domains {
+            if d.contains('@') || d.contains(char::is_whitespace) || d.starts_with('.') {
+                let span = raw.allow_email_domains.as_ref().and_then(span_of);
+                self.fail(
+                    span,
+                    &key("allow_email_domains"),
+                    "write bare domains such as \"example.com\" (matched exactly, subdomains not included)",
+                );
+            } else {
+                allow_email_domains.push(d.to_ascii_lowercase());
+            }
+        }
+        let mut require_scopes = Vec::new();
+        for token in scopes {
+            // RFC 6749 3.3 scope-token: printable ASCII except space, '"' and '\\'.
+            let valid = token
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+            if valid {
+                require_scopes.push(token);
+            } else {
+                self.fail(
+                    raw.require_scopes.as_ref().and_then(span_of),
+                    &key("require_scopes"),
+                    "not an OAuth scope (printable ASCII without spaces, '\"' or '\\')",
+                );
+            }
+        }
+        let mut require_claims = Vec::new();
+        if let Some(table) = &raw.require_claims {
+            for (claim, value) in table.get_ref() {
+                let accepted = match value {
+                    RawClaimValue::One(v) => vec![v.clone()],
+                    RawClaimValue::AnyOf(list) => list.clone(),
+                };
+                if claim.trim().is_empty() || accepted.is_empty() {
+                    self.fail(
+                        span_of(table),
+                        &key("require_claims"),
+                        "write claim = \"value\" or claim = [\"one\", \"other\"]",
+                    );
+                } else {
+                    require_claims.push((claim.trim().to_string(), accepted));
+                }
+            }
+        }
+        let methods = match &raw.methods {
+            None => None,
+            Some(list) => {
+                let mut out = Vec::new();
+                for m in list.get_ref() {
+                    let text = m.get_ref().trim().to_ascii_uppercase();
+                    match http::Method::from_bytes(text.as_bytes()) {
+                        Ok(method) if !text.is_empty() => out.push(method),
+                        _ => self.fail(span_of(m), &key("methods"), "not an HTTP method"),
+                    }
+                }
+                if list.get_ref().is_empty() {
+                    self.fail(
+                        span_of(list),
+                        &key("methods"),
+                        "list at least one method, or remove the key",
+                    );
+                }
+                Some(out)
+            }
+        };
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(RouteRules {
+            allow_users,
+            allow_groups,
+            allow_email_domains,
             require_scopes,
+            require_claims,
+            methods,
         })
     }
 

@@ -19,7 +19,7 @@ pub struct RawConfig {
     pub admin: Option<Spanned<toml::Value>>,
     pub auth: Option<Spanned<RawAuth>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
-    pub cors: Option<Spanned<toml::Value>>,
+    pub cors: Option<Spanned<RawCors>>,
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
 }
@@ -94,13 +94,27 @@ pub struct RawRoute {
     /// PEM file of extra CA certificates trusted for an `https://` upstream.
     pub upstream_ca: Option<Spanned<String>>,
     pub auth: Option<Spanned<String>>,
-    // Authorization rules arrive with the policy issue; named here so the error is precise.
-    pub allow_users: Option<Spanned<toml::Value>>,
-    pub allow_groups: Option<Spanned<toml::Value>>,
-    pub allow_email_domains: Option<Spanned<toml::Value>>,
+    pub allow_users: Option<Spanned<Vec<Spanned<String>>>>,
+    pub allow_groups: Option<Spanned<Vec<Spanned<String>>>>,
+    pub allow_email_domains: Option<Spanned<Vec<Spanned<String>>>>,
     pub require_scopes: Option<Spanned<Vec<Spanned<String>>>>,
-    pub require_claims: Option<Spanned<toml::Value>>,
-    pub methods: Option<Spanned<toml::Value>>,
+    pub require_claims: Option<Spanned<BTreeMap<String, RawClaimValue>>>,
+    pub methods: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// `require_claims = { tenant = "acme", role = ["admin", "owner"] }`
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawClaimValue {
+    One(String),
+    AnyOf(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    pub allowed_origins: Option<Vec<Spanned<String>>>,
+    pub skip_preflight: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
