@@ -2,9 +2,12 @@
 //!
 //! 1. request id and client IP (trusted-proxy aware);
 //! 2. host and path, normalised once; route lookup on that same path;
-//! 3. built-in endpoints under `/.sallyport/`;
-//! 4. public route: forward (identity headers are still stripped);
-//! 5. forward, then one access-log line.
+//! 3. built-in endpoints under `/.sallyport/` (forward-auth answers the same questions
+//!    below about a request a trusted proxy describes);
+//! 4. public routes and CORS preflights pass (identity headers are still stripped);
+//! 5. throttle check, authentication, failure accounting ([`Gate::authenticate`]);
+//! 6. the route's rules ([`crate::policy`]): 403 when they say no;
+//! 7. forward, then one access-log line.
 //!
 //! Every failure is a [`Failure`] value; [`respond`](crate::respond) turns it into the
 //! response. Nothing here builds an error page itself.
