@@ -5,11 +5,11 @@
 //! 3. built-in endpoints under `/.sallyport/` (forward-auth answers the same questions
 //!    below about a request a trusted proxy describes);
 //! 4. public routes and CORS preflights pass (identity headers are still stripped);
-//! 5. throttle check, authentication, failure accounting ([`Gate::authenticate`]);
+//! 5. throttle check, authentication, failure accounting (`Gate::authenticate`);
 //! 6. the route's rules ([`crate::policy`]): 403 when they say no;
 //! 7. forward, then one access-log line.
 //!
-//! Every failure is a [`Failure`] value; [`respond`](crate::respond) turns it into the
+//! Every failure is a [`Failure`] value; [`respond`] turns it into the
 //! response. Nothing here builds an error page itself.
 
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! Configuration: the TOML file is parsed once into raw serde structs ([`raw`]) and then
+//! Configuration: the TOML file is parsed once into raw serde structs (`raw`) and then
 //! validated into the runtime types below. Nothing past this module sees a raw string:
 //! addresses are parsed, durations are [`Duration`]s, files are loaded and checked.
 //!

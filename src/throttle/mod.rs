@@ -20,7 +20,7 @@
 //! address (same NAT) therefore gets the per-client budget only, which is what any
 //! client gets.
 //!
-//! Counters live in this process ([`local`]) or, with `redis`, in Redis ([`shared`]) so
+//! Counters live in this process (`local`) or, with `redis`, in Redis (`shared`) so
 //! all replicas spend one budget. When Redis fails, decisions fall back to local counters
 //! until it answers again.
 
