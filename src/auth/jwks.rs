@@ -205,19 +205,7 @@ async fn refresh_forever(ring: Weak<KeyRing>, every: Duration) {
 
 impl Fetcher {
     fn new(source: &JwksSource) -> Result<Fetcher, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add_parsable_certificates(crate::proxy::native_roots().iter().cloned());
-        for ca in &source.extra_roots {
-            roots
-                .add(ca.clone())
-                .map_err(|e| format!("auth.jwt.jwks_ca: unusable CA certificate: {e}"))?;
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS client setup failed: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = crate::proxy::tls_client_config(&source.extra_roots, "auth.jwt.jwks_ca")?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(FETCH_TIMEOUT));

@@ -91,7 +91,7 @@ pub fn describe_upstream(target: &UpstreamTarget) -> String {
 
 /// System trust roots, read once: the OS store does not change under a running process
 /// often enough to justify re-reading it per route.
-pub(crate) fn native_roots() -> &'static [CertificateDer<'static>] {
+fn native_roots() -> &'static [CertificateDer<'static>] {
     static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
     ROOTS.get_or_init(|| {
         let found = rustls_native_certs::load_native_certs();
@@ -100,6 +100,31 @@ pub(crate) fn native_roots() -> &'static [CertificateDer<'static>] {
         }
         found.certs
     })
+}
+
+/// A TLS client trusting the system roots plus `extra_roots` (`setting` names the config
+/// key they came from, for the error).
+pub(crate) fn tls_client_config(
+    extra_roots: &[CertificateDer<'static>],
+    setting: &str,
+) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(native_roots().iter().cloned());
+    for ca in extra_roots {
+        roots
+            .add(ca.clone())
+            .map_err(|e| format!("{setting}: unusable CA certificate: {e}"))?;
+    }
+    tls_client_config_with(roots)
+}
+
+fn tls_client_config_with(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS client setup failed: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 impl Upstream {
@@ -122,21 +147,12 @@ impl Upstream {
                 base_path,
                 extra_roots,
             } => {
-                let mut roots = rustls::RootCertStore::empty();
-                if *scheme == Scheme::HTTPS {
-                    roots.add_parsable_certificates(native_roots().iter().cloned());
-                    for ca in extra_roots {
-                        roots
-                            .add(ca.clone())
-                            .map_err(|e| format!("upstream_ca: unusable CA certificate: {e}"))?;
-                    }
-                }
-                let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-                let tls = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| format!("TLS client setup failed: {e}"))?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
+                let tls = if *scheme == Scheme::HTTPS {
+                    tls_client_config(extra_roots, "upstream_ca")?
+                } else {
+                    // Never used for plain http://, but the connector wants one.
+                    tls_client_config_with(rustls::RootCertStore::empty())?
+                };
                 let mut http = HttpConnector::new();
                 http.enforce_http(false);
                 http.set_nodelay(true);
