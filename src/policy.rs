@@ -13,6 +13,7 @@ use http::Method;
 use serde_json::Value;
 
 use crate::auth::Authenticated;
+use crate::auth::jwt::scalar_string as scalar;
 use crate::config::{RouteConfig, RouteRules};
 
 #[derive(Debug, Clone, Default)]
@@ -142,15 +143,6 @@ fn email_domain(email: &str) -> Option<String> {
         return None;
     }
     Some(domain.to_ascii_lowercase())
-}
-
-fn scalar(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

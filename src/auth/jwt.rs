@@ -359,7 +359,8 @@ pub fn claim<'a>(claims: &'a Value, path: &str) -> Option<&'a Value> {
     Some(current)
 }
 
-fn scalar_string(value: &Value) -> Option<String> {
+/// A claim that is one value (string, number or boolean), as text.
+pub fn scalar_string(value: &Value) -> Option<String> {
     match value {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
