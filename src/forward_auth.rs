@@ -22,6 +22,14 @@ pub struct Original {
     pub host: Option<String>,
     /// The raw path (no query), still to be normalised like any request path.
     pub path: String,
+    /// The path with its query, as the client sent it (where to return after a login).
+    pub path_and_query: String,
+    /// `https` unless the proxy said otherwise.
+    pub proto: String,
+    /// nginx `auth_request` cannot pass a redirect on (it wants 2xx, 401 or 403; its
+    /// `auth-signin` does the redirect), whereas Traefik and Caddy hand our answer to the
+    /// client as is.
+    pub can_redirect: bool,
 }
 
 pub fn original_request(headers: &HeaderMap) -> Result<Original, &'static str> {
@@ -58,6 +66,11 @@ pub fn original_request(headers: &HeaderMap) -> Result<Original, &'static str> {
             method: method_from(text("x-original-method")?)?,
             host: Some(authority.as_str().to_string()),
             path: uri.path().to_string(),
+            path_and_query: uri
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+            proto: scheme.to_string(),
+            can_redirect: false,
         });
     }
     if let Some(forwarded_uri) = text("x-forwarded-uri")? {
@@ -85,10 +98,19 @@ pub fn original_request(headers: &HeaderMap) -> Result<Original, &'static str> {
                 Some(authority.as_str().to_string())
             }
         };
+        let proto = match text("x-forwarded-proto")? {
+            None => "https",
+            Some(p) if p.eq_ignore_ascii_case("http") => "http",
+            Some(p) if p.eq_ignore_ascii_case("https") => "https",
+            Some(_) => return Err("X-Forwarded-Proto must be http or https."),
+        };
         return Ok(Original {
             method: method_from(text("x-forwarded-method")?)?,
             host,
             path: uri.path().to_string(),
+            path_and_query: forwarded_uri.to_string(),
+            proto: proto.to_string(),
+            can_redirect: true,
         });
     }
     Err("A forward-auth request needs X-Original-URL (nginx) or X-Forwarded-Uri (Traefik, Caddy).")
@@ -167,6 +189,8 @@ mod tests {
         assert_eq!(o.method, Method::POST);
         assert_eq!(o.host.as_deref(), Some("app.test"));
         assert_eq!(o.path, "/admin/x");
+        assert_eq!(o.path_and_query, "/admin/x?y=1");
+        assert!(!o.can_redirect);
     }
 
     #[test]
@@ -181,6 +205,9 @@ mod tests {
         assert_eq!(o.method, Method::DELETE);
         assert_eq!(o.host.as_deref(), Some("app.test:8443"));
         assert_eq!(o.path, "/a/b");
+        assert_eq!(o.path_and_query, "/a/b?c");
+        assert_eq!(o.proto, "https");
+        assert!(o.can_redirect);
     }
 
     #[test]

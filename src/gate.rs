@@ -16,13 +16,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HOST, HeaderValue};
+use http::header::{HOST, HeaderValue, SET_COOKIE};
 use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 use tokio::time::Instant;
 
-use crate::auth::{Authenticated, Authenticator, Rejection, Scheme};
+use crate::auth::oidc::{self, FlowError};
+use crate::auth::{Authenticated, Authenticator, Credential, Rejection, Scheme};
+use crate::clock::WallClock;
 use crate::client_ip::{client_ip, is_trusted};
 use crate::config::{Config, Cors, IdentityHeaders, RouteAuth};
 use crate::forward_auth;
@@ -61,9 +63,11 @@ pub struct Gate {
 
 const BUILTIN_PREFIX: &str = "/.sallyport";
 const FORWARD_AUTH_PATH: &str = "/.sallyport/auth";
+const USERINFO_PATH: &str = "/.sallyport/userinfo";
 
 impl Gate {
-    pub fn new(config: &Config) -> Result<Gate, String> {
+    /// `clock` times sessions (tests pass a manual one).
+    pub fn new(config: &Config, clock: WallClock) -> Result<Gate, String> {
         let mut entries = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {
             let upstream = Upstream::build(&r.upstream, &config.server.timeouts)
@@ -86,7 +90,7 @@ impl Gate {
         }
         Ok(Gate {
             routes: RouteTable::new(entries),
-            auth: Authenticator::new(&config.auth, &config.headers)?,
+            auth: Authenticator::new(&config.auth, &config.headers, clock)?,
             throttle: config
                 .rate_limit
                 .as_ref()
@@ -125,6 +129,9 @@ impl Gate {
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", v);
+        }
+        for cookie in trace.set_cookies.drain(..) {
+            response.headers_mut().append(SET_COOKIE, cookie);
         }
 
         if self.access_log {
@@ -165,12 +172,27 @@ impl Gate {
                 .await;
         }
         if routes::prefix_matches(BUILTIN_PREFIX, &path) {
-            return Err(Failure::NotFound);
+            return self.builtin(&path, &request, client, trace).await;
         }
 
         let route = self.route_for(host.as_deref(), &path, trace)?;
+        let login_return = self
+            .wants_login_page(request.method(), request.headers())
+            .then(|| {
+                request
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(|| "/".to_string(), |p| p.as_str().to_string())
+            });
         let identity = self
-            .admit(route, request.method(), request.headers(), client, trace)
+            .admit(
+                route,
+                request.method(),
+                request.headers(),
+                client,
+                login_return.as_deref(),
+                trace,
+            )
             .await?;
 
         let facts = ForwardedFacts {
@@ -203,14 +225,73 @@ impl Gate {
         Ok(route)
     }
 
+    /// `/.sallyport/login`, `callback`, `logout` (OIDC) and `userinfo`.
+    async fn builtin(
+        &self,
+        path: &str,
+        request: &Request<Incoming>,
+        client: std::net::IpAddr,
+        trace: &mut Trace,
+    ) -> Result<Response<ProxyBody>, Failure> {
+        let headers = request.headers();
+        let query = request.uri().query();
+        let method = request.method();
+        trace.route = Some(path.to_string());
+        if path == USERINFO_PATH {
+            if method != Method::GET && method != Method::HEAD {
+                return Err(Failure::BadRequest("Use GET for /.sallyport/userinfo."));
+            }
+            let who = self.authenticate(headers, client, None, trace).await?;
+            return Ok(respond::json(&who.userinfo()));
+        }
+        let Some(oidc) = self.auth.oidc() else {
+            return Err(Failure::NotFound);
+        };
+        trace.auth = "oidc";
+        let get = method == Method::GET || method == Method::HEAD;
+        let redirect = match path {
+            oidc::LOGIN_PATH if get => oidc.login(query, headers),
+            oidc::CALLBACK_PATH if get => oidc.callback(query, headers).await,
+            oidc::LOGOUT_PATH if get || method == Method::POST => {
+                Ok(oidc.logout(query, headers).await)
+            }
+            oidc::LOGIN_PATH | oidc::CALLBACK_PATH | oidc::LOGOUT_PATH => {
+                Err(FlowError::BadRequest("Use GET for this endpoint."))
+            }
+            _ => return Err(Failure::NotFound),
+        };
+        match redirect {
+            Ok(redirect) => respond::redirect(&redirect.location, redirect.set_cookies),
+            Err(FlowError::BadRequest(why)) => Err(Failure::BadRequest(why)),
+            Err(FlowError::Unavailable) => Err(Failure::ServiceUnavailable {
+                retry_after_secs: 5,
+            }),
+            Err(FlowError::IdpUnreachable) => Err(Failure::BadGateway),
+        }
+    }
+
+    /// A browser navigating (GET or HEAD of an HTML page) on a proxy with OIDC login: it
+    /// gets sent to log in instead of a 401 it cannot answer.
+    fn wants_login_page(&self, method: &Method, headers: &http::HeaderMap) -> bool {
+        self.auth.oidc().is_some()
+            && (method == Method::GET || method == Method::HEAD)
+            && headers
+                .get_all(http::header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.to_ascii_lowercase().contains("text/html"))
+    }
+
     /// Steps 5 to 9 for one route: public routes and CORS preflights pass, everyone else
-    /// is throttle-checked, authenticated and held to the route's rules.
+    /// is throttle-checked, authenticated and held to the route's rules. `login_return`:
+    /// where a browser sent to log in comes back to.
     async fn admit(
         &self,
         route: &Route,
         method: &Method,
         headers: &http::HeaderMap,
         client: std::net::IpAddr,
+        login_return: Option<&str>,
         trace: &mut Trace,
     ) -> Result<Option<Authenticated>, Failure> {
         if route.auth == RouteAuth::Public {
@@ -227,7 +308,9 @@ impl Gate {
             trace.auth = "preflight";
             return Ok(None);
         }
-        let who = self.authenticate(headers, client, trace).await?;
+        let who = self
+            .authenticate(headers, client, login_return, trace)
+            .await?;
         route
             .policy
             .check(&who, method)
@@ -274,8 +357,27 @@ impl Gate {
             return Err(Failure::NotFound);
         }
         let route = self.route_for(original.host.as_deref(), &path, trace)?;
+        let login_return = match self.auth.oidc() {
+            Some(oidc)
+                if original.can_redirect && self.wants_login_page(&original.method, headers) =>
+            {
+                Some(oidc.return_target(
+                    &original.proto,
+                    original.host.as_deref(),
+                    &original.path_and_query,
+                ))
+            }
+            _ => None,
+        };
         let identity = self
-            .admit(route, &original.method, headers, client, trace)
+            .admit(
+                route,
+                &original.method,
+                headers,
+                client,
+                login_return.as_deref(),
+                trace,
+            )
             .await?;
         Ok(forward_auth::allowed(
             identity.as_ref(),
@@ -283,11 +385,13 @@ impl Gate {
         ))
     }
 
-    /// Steps 6 to 8: throttle check, authentication, failure accounting.
+    /// Steps 6 to 8: throttle check, authentication, failure accounting. A browser with no
+    /// (live) session is sent to log in and come back to `login_return`.
     async fn authenticate(
         &self,
         headers: &http::HeaderMap,
         client: std::net::IpAddr,
+        login_return: Option<&str>,
         trace: &mut Trace,
     ) -> Result<Authenticated, Failure> {
         let credential = self.auth.credential(headers);
@@ -300,7 +404,14 @@ impl Gate {
             trace.auth = throttled.by.as_str();
             return Err(too_many_attempts(throttled));
         }
-        match self.auth.authenticate(&credential, &attempt).await {
+        let outcome = if matches!(credential, Credential::Session) {
+            let (outcome, set_cookies) = self.auth.session(headers).await;
+            trace.set_cookies.extend(set_cookies);
+            outcome
+        } else {
+            self.auth.authenticate(&credential, &attempt).await
+        };
+        match outcome {
             Ok(who) => {
                 attempt.succeeded(who.user()).await;
                 trace.auth = who.scheme().as_str();
@@ -322,6 +433,12 @@ impl Gate {
                     attempt.failed().await;
                 }
                 trace.auth = rejection.reason();
+                let needs_login = matches!(rejection, Rejection::Missing | Rejection::Session(_));
+                if let (true, Some(rd), Some(oidc)) = (needs_login, login_return, self.auth.oidc()) {
+                    let location = HeaderValue::from_str(&oidc.login_url(rd))
+                        .map_err(|_| Failure::BadRequest("The request target is not a valid URL."))?;
+                    return Err(Failure::LoginRequired { location });
+                }
                 Err(Failure::Unauthenticated(
                     self.auth.challenge_for(&rejection),
                 ))
@@ -387,6 +504,8 @@ struct Trace {
     /// Scheme that succeeded or reason for failing ("public" when not needed).
     auth: &'static str,
     upstream_latency: Option<Duration>,
+    /// Session cookies to set or clear on the response, whatever it turns out to be.
+    set_cookies: Vec<HeaderValue>,
 }
 
 /// A request id from a trusted proxy is kept so one id follows the request end to end;

@@ -7,8 +7,10 @@
 //! - [`server`]: listeners, TLS, HTTP/1.1 + HTTP/2, timeouts, connection cap, graceful
 //!   shutdown.
 //! - [`gate`]: the request pipeline, readable top to bottom as one story.
-//! - [`auth`]: who is this? htpasswd Basic today; the `Authenticated` type only it can
-//!   build.
+//! - [`auth`]: who is this? htpasswd Basic, JWT Bearer, OIDC sessions; the
+//!   `Authenticated` type only it can build.
+//! - [`clock`]: injectable wall-clock time for sessions.
+//! - [`redis_link`]: the shared Redis connection (throttling, sessions).
 //! - [`throttle`]: failed-authentication counting per client and username, local or
 //!   in Redis.
 //! - [`forward_auth`]: `/.sallyport/auth` for nginx, Traefik and Caddy in front of us.
@@ -23,12 +25,14 @@
 
 pub mod auth;
 pub mod client_ip;
+pub mod clock;
 pub mod config;
 pub mod forward_auth;
 pub mod gate;
 pub mod logging;
 pub mod policy;
 pub mod proxy;
+pub mod redis_link;
 pub mod reload;
 pub mod respond;
 pub mod routes;

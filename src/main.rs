@@ -147,7 +147,7 @@ fn check(path: &Path) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    if let Err(e) = sallyport::gate::Gate::new(&config) {
+    if let Err(e) = sallyport::gate::Gate::new(&config, sallyport::clock::WallClock::system()) {
         eprintln!("{}: {e}", path.display());
         return ExitCode::from(1);
     }

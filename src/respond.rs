@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS,
-    CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
+    CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER, SET_COOKIE, WWW_AUTHENTICATE,
 };
 use http::{HeaderMap, Response, StatusCode};
 
@@ -87,6 +87,11 @@ pub enum Failure {
     ServiceUnavailable {
         retry_after_secs: u64,
     },
+    /// A browser without a session on an OIDC route: off to the login (302), instead of
+    /// a 401 no browser can answer.
+    LoginRequired {
+        location: HeaderValue,
+    },
 }
 
 impl Failure {
@@ -108,6 +113,7 @@ impl Failure {
             Failure::BadGateway => StatusCode::BAD_GATEWAY,
             Failure::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::ServiceUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::LoginRequired { .. } => StatusCode::FOUND,
         }
     }
 
@@ -125,6 +131,7 @@ impl Failure {
             Failure::BadGateway => "bad_gateway",
             Failure::GatewayTimeout => "gateway_timeout",
             Failure::ServiceUnavailable { .. } => "unavailable",
+            Failure::LoginRequired { .. } => "login_required",
         }
     }
 
@@ -150,8 +157,9 @@ impl Failure {
             Failure::BadGateway => "The upstream service could not be reached.",
             Failure::GatewayTimeout => "The upstream service did not answer in time.",
             Failure::ServiceUnavailable { .. } => {
-                "The service is shutting down or overloaded; try again shortly."
+                "The service is shutting down, overloaded or waiting for the identity provider; try again shortly."
             }
+            Failure::LoginRequired { .. } => "Please sign in.",
         }
     }
 }
@@ -247,6 +255,9 @@ pub fn failure_response(
                 headers.append(WWW_AUTHENTICATE, value);
             }
         }
+        Failure::LoginRequired { location } => {
+            headers.insert(LOCATION, location.clone());
+        }
         Failure::Forbidden {
             realm,
             scope: Some(scope),
@@ -260,6 +271,30 @@ pub fn failure_response(
         }
         _ => {}
     }
+    response
+}
+
+/// A 302 from one of our own endpoints (login, callback, logout), with its cookies.
+pub fn redirect(location: &str, set_cookies: Vec<HeaderValue>) -> Result<Response<ProxyBody>, Failure> {
+    let location = HeaderValue::from_str(location)
+        .map_err(|_| Failure::BadRequest("The redirect target is not a valid URL."))?;
+    let mut response = Response::new(full_body(Bytes::new()));
+    *response.status_mut() = StatusCode::FOUND;
+    let headers = response.headers_mut();
+    headers.insert(LOCATION, location);
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for cookie in set_cookies {
+        headers.append(SET_COOKIE, cookie);
+    }
+    Ok(response)
+}
+
+/// A 200 with a JSON document about the caller (never cached: it is personal).
+pub fn json(value: &serde_json::Value) -> Response<ProxyBody> {
+    let mut response = Response::new(full_body(Bytes::from(value.to_string())));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 

@@ -11,23 +11,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
-use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::Uri;
 use jsonwebtoken::jwk::{Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::time::Instant;
 
-use crate::config::{JwksSource, JwtConfig};
+use super::idp_client::IdpClient;
+use crate::config::JwtConfig;
 
-/// A JWKS larger than this is not a JWKS.
-const MAX_JWKS_BYTES: usize = 1 << 20;
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Least time between fetches triggered by unknown key ids.
 const UNKNOWN_KID_INTERVAL: Duration = Duration::from_secs(60);
 const NO_KEYS_RETRY_INTERVAL: Duration = Duration::from_secs(5);
@@ -54,8 +47,9 @@ pub struct KeyRing {
 }
 
 struct Fetcher {
-    url: Uri,
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    /// Unset until OIDC discovery has told us where the keys are.
+    url: ArcSwapOption<Uri>,
+    client: IdpClient,
     refresh: Duration,
     /// Serialises fetches, and remembers when the last one for an unknown `kid` started
     /// (background refreshes do not count: a rotation just after one must still be seen).
@@ -82,7 +76,37 @@ impl KeyRing {
                 key: key.clone(),
             })
             .collect();
-        let jwks = config.jwks.as_ref().map(Fetcher::new).transpose()?;
+        let jwks = match &config.jwks {
+            Some(source) => {
+                let client = IdpClient::new(&source.extra_roots, "auth.jwt.jwks_ca")?;
+                Some(Fetcher::new(client, Some(source.url.clone()), source.refresh))
+            }
+            None => None,
+        };
+        Ok(KeyRing::start(static_keys, jwks))
+    }
+
+    /// A ring for a JWKS whose address discovery will tell ([`KeyRing::set_jwks_url`]).
+    pub fn deferred(client: IdpClient, refresh: Duration) -> Arc<KeyRing> {
+        KeyRing::start(Vec::new(), Some(Fetcher::new(client, None, refresh)))
+    }
+
+    /// Points the ring at the JWKS discovery found, and fetches it now if it moved.
+    pub fn set_jwks_url(self: &Arc<Self>, url: Uri) {
+        let Some(fetcher) = &self.jwks else { return };
+        if fetcher.url.load().as_deref() == Some(&url) {
+            return;
+        }
+        fetcher.url.store(Some(Arc::new(url)));
+        let ring = Arc::clone(self);
+        tokio::spawn(async move {
+            let Some(fetcher) = &ring.jwks else { return };
+            let _one_fetch_at_a_time = fetcher.last_unknown_kid_fetch.lock().await;
+            ring.fetch_and_install(fetcher).await;
+        });
+    }
+
+    fn start(static_keys: Vec<Key>, jwks: Option<Fetcher>) -> Arc<KeyRing> {
         let ring = Arc::new(KeyRing {
             static_keys,
             fetched: ArcSwap::from_pointee(FetchedSet {
@@ -99,7 +123,19 @@ impl KeyRing {
                 runtime.spawn(refresh_forever(Arc::downgrade(&ring), refresh));
             }
         }
-        Ok(ring)
+        ring
+    }
+
+    async fn fetch_and_install(&self, fetcher: &Fetcher) {
+        let Some(url) = fetcher.url.load_full() else {
+            return;
+        };
+        match fetcher.fetch(&url).await {
+            Ok((keys, source)) => self.install(keys, source),
+            Err(why) => {
+                tracing::warn!(target: "sallyport::jwt", url = %url, error = %why, "JWKS fetch failed; keeping the previous keys");
+            }
+        }
     }
 
     pub fn generation(&self) -> u64 {
@@ -150,14 +186,7 @@ impl KeyRing {
             let due = last.is_none_or(|at| at.elapsed() >= interval);
             if due {
                 *last = Some(Instant::now());
-                match fetcher.fetch().await {
-                    Ok((keys, source)) => {
-                        self.install(keys, source);
-                    }
-                    Err(why) => {
-                        tracing::warn!(target: "sallyport::jwt", url = %fetcher.url, error = %why, "JWKS fetch failed; keeping the previous keys");
-                    }
-                }
+                self.fetch_and_install(fetcher).await;
             }
             !self.fetched.load().keys.is_empty()
         };
@@ -192,65 +221,24 @@ async fn refresh_forever(ring: Weak<KeyRing>, every: Duration) {
             let Some(ring) = ring.upgrade() else { return };
             let Some(fetcher) = &ring.jwks else { return };
             let _one_fetch_at_a_time = fetcher.last_unknown_kid_fetch.lock().await;
-            match fetcher.fetch().await {
-                Ok((keys, source)) => ring.install(keys, source),
-                Err(why) => {
-                    tracing::warn!(target: "sallyport::jwt", url = %fetcher.url, error = %why, "JWKS fetch failed; keeping the previous keys");
-                }
-            }
+            ring.fetch_and_install(fetcher).await;
         }
         tokio::time::sleep(every).await;
     }
 }
 
 impl Fetcher {
-    fn new(source: &JwksSource) -> Result<Fetcher, String> {
-        let tls = crate::proxy::tls_client_config(&source.extra_roots, "auth.jwt.jwks_ca")?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(FETCH_TIMEOUT));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Ok(Fetcher {
-            url: source.url.clone(),
+    fn new(client: IdpClient, url: Option<Uri>, refresh: Duration) -> Fetcher {
+        Fetcher {
+            url: ArcSwapOption::from(url.map(Arc::new)),
             client,
-            refresh: source.refresh,
+            refresh,
             last_unknown_kid_fetch: tokio::sync::Mutex::new(None),
-        })
+        }
     }
 
-    async fn fetch(&self) -> Result<(Vec<Key>, Bytes), String> {
-        let request = Request::get(self.url.clone())
-            .header(http::header::ACCEPT, "application/json")
-            .header(
-                http::header::USER_AGENT,
-                concat!("sallyport/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
-        let body = tokio::time::timeout(FETCH_TIMEOUT, async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| format!("request failed: {e}"))?;
-            if response.status() != StatusCode::OK {
-                return Err(format!("HTTP {}", response.status().as_u16()));
-            }
-            Limited::new(response.into_body(), MAX_JWKS_BYTES)
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .map_err(|e| format!("reading the body failed: {e}"))
-        })
-        .await
-        .map_err(|_| "timed out".to_string())??;
+    async fn fetch(&self, url: &Uri) -> Result<(Vec<Key>, Bytes), String> {
+        let body = self.client.get_json(url).await?;
         let keys = parse_jwks(&body)?;
         Ok((keys, body))
     }

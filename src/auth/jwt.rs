@@ -112,40 +112,41 @@ struct CachedToken {
     generation: u64,
 }
 
-pub struct JwtAuth {
+/// Signature, algorithm and registered-claim checks: what Bearer tokens and OIDC ID
+/// tokens have in common.
+pub struct TokenVerifier {
     keys: Arc<KeyRing>,
     /// One per pinned algorithm: the library refuses a validation whose algorithms span
     /// several key families, and each token is checked against its own algorithm only.
     validations: Vec<(Algorithm, Validation)>,
-    leeway: u64,
-    claims: ClaimPaths,
-    /// header -> claim path, from `[headers] extra`.
-    extra: Vec<(http::HeaderName, String)>,
-    cache: Option<Cache<[u8; 32], CachedToken>>,
 }
 
-impl JwtAuth {
-    pub fn new(config: &JwtConfig, headers: &IdentityHeaders) -> Result<JwtAuth, String> {
-        let mut validation = Validation::new(config.algorithms[0]);
-        validation.algorithms = config.algorithms.clone();
-        validation.leeway = config.leeway.as_secs();
+impl TokenVerifier {
+    /// `audiences` empty: any audience is accepted.
+    pub fn new(
+        keys: Arc<KeyRing>,
+        algorithms: &[Algorithm],
+        issuer: Option<&str>,
+        audiences: &[String],
+        leeway: Duration,
+    ) -> TokenVerifier {
+        let mut validation = Validation::new(algorithms[0]);
+        validation.leeway = leeway.as_secs();
         validation.validate_exp = true;
         validation.validate_nbf = true;
         let mut required = vec!["exp"];
-        if let Some(issuer) = &config.issuer {
+        if let Some(issuer) = issuer {
             validation.set_issuer(&[issuer]);
             required.push("iss");
         }
-        if config.audiences.is_empty() {
+        if audiences.is_empty() {
             validation.validate_aud = false;
-            tracing::warn!(target: "sallyport::jwt", "auth.jwt.audiences is not set: tokens for any audience are accepted");
         } else {
-            validation.set_audience(&config.audiences);
+            validation.set_audience(audiences);
             required.push("aud");
         }
         validation.set_required_spec_claims(&required);
-        let validations = config
-            .algorithms
+        let validations = algorithms
             .iter()
             .map(|alg| {
                 let mut v = validation.clone();
@@ -153,36 +154,16 @@ impl JwtAuth {
                 (*alg, v)
             })
             .collect();
-        let cache = (!config.cache_ttl.is_zero()).then(|| {
-            Cache::builder()
-                .max_capacity(CACHE_CAPACITY)
-                .time_to_live(config.cache_ttl)
-                .build()
-        });
-        Ok(JwtAuth {
-            keys: KeyRing::new(config)?,
-            validations,
-            leeway: config.leeway.as_secs(),
-            claims: config.claims.clone(),
-            extra: headers.extra.clone(),
-            cache,
-        })
+        TokenVerifier { keys, validations }
     }
 
-    pub async fn verify(&self, token: &str) -> Result<Authenticated, TokenError> {
-        let cache_key = cache_key(token);
-        let now = unix_now();
-        if let Some(cache) = &self.cache {
-            if let Some(hit) = cache.get(&cache_key) {
-                if hit.generation == self.keys.generation()
-                    && hit.expires_at.saturating_add(self.leeway) >= now
-                {
-                    return Ok(hit.identity);
-                }
-                cache.invalidate(&cache_key);
-            }
-        }
-        let generation = self.keys.generation();
+    pub fn keys(&self) -> &Arc<KeyRing> {
+        &self.keys
+    }
+
+    /// The token's claims, once its algorithm, signature, `exp`, `nbf`, `iss` and `aud`
+    /// have checked out.
+    pub async fn verify(&self, token: &str) -> Result<Value, TokenError> {
         let (alg, kid) = read_header(token)?;
         let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == alg) else {
             return Err(TokenError::AlgorithmNotAllowed);
@@ -213,8 +194,67 @@ impl JwtAuth {
                 }
             }
         }
-        let claims = outcome?;
-        let identity = self.identity(&claims)?;
+        outcome
+    }
+}
+
+pub struct JwtAuth {
+    verifier: TokenVerifier,
+    leeway: u64,
+    claims: ClaimPaths,
+    /// header -> claim path, from `[headers] extra`.
+    extra: Vec<(http::HeaderName, String)>,
+    cache: Option<Cache<[u8; 32], CachedToken>>,
+}
+
+impl JwtAuth {
+    pub fn new(config: &JwtConfig, headers: &IdentityHeaders) -> Result<JwtAuth, String> {
+        if config.audiences.is_empty() {
+            tracing::warn!(target: "sallyport::jwt", "auth.jwt.audiences is not set: tokens for any audience are accepted");
+        }
+        Ok(JwtAuth::with_keys(config, headers, KeyRing::new(config)?))
+    }
+
+    /// Bearer tokens checked against an existing key ring (OIDC shares its IdP's).
+    pub fn with_keys(config: &JwtConfig, headers: &IdentityHeaders, keys: Arc<KeyRing>) -> JwtAuth {
+        let verifier = TokenVerifier::new(
+            keys,
+            &config.algorithms,
+            config.issuer.as_deref(),
+            &config.audiences,
+            config.leeway,
+        );
+        let cache = (!config.cache_ttl.is_zero()).then(|| {
+            Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_live(config.cache_ttl)
+                .build()
+        });
+        JwtAuth {
+            verifier,
+            leeway: config.leeway.as_secs(),
+            claims: config.claims.clone(),
+            extra: headers.extra.clone(),
+            cache,
+        }
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Authenticated, TokenError> {
+        let cache_key = cache_key(token);
+        let now = unix_now();
+        if let Some(cache) = &self.cache {
+            if let Some(hit) = cache.get(&cache_key) {
+                if hit.generation == self.verifier.keys.generation()
+                    && hit.expires_at.saturating_add(self.leeway) >= now
+                {
+                    return Ok(hit.identity);
+                }
+                cache.invalidate(&cache_key);
+            }
+        }
+        let generation = self.verifier.keys.generation();
+        let claims = self.verifier.verify(token).await?;
+        let identity = self.identity(&claims, Scheme::Bearer)?;
         if let Some(cache) = &self.cache {
             let expires_at = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
             cache.insert(
@@ -229,7 +269,8 @@ impl JwtAuth {
         Ok(identity)
     }
 
-    fn identity(&self, claims: &Value) -> Result<Authenticated, TokenError> {
+    /// The identity claims name, mapped by `claims` and `[headers] extra`.
+    pub(crate) fn identity(&self, claims: &Value, scheme: Scheme) -> Result<Authenticated, TokenError> {
         let user = claim(claims, &self.claims.user)
             .and_then(scalar_string)
             .filter(|u| !u.is_empty())
@@ -261,7 +302,7 @@ impl JwtAuth {
         Ok(Authenticated {
             user,
             groups,
-            scheme: Scheme::Bearer,
+            scheme,
             email,
             preferred_username,
             scopes,

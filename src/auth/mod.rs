@@ -9,8 +9,10 @@
 pub mod basic;
 pub mod groups;
 pub mod htpasswd;
+pub mod idp_client;
 pub mod jwks;
 pub mod jwt;
+pub mod oidc;
 
 use std::sync::Arc;
 
@@ -18,16 +20,20 @@ use base64ct::{Base64, Encoding};
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
+use crate::clock::WallClock;
 use crate::config::{AuthConfig, IdentityHeaders};
 use crate::respond::Challenge;
 use crate::throttle::{Attempt, Throttled};
 use basic::BasicAuth;
 use jwt::{JwtAuth, MAX_TOKEN_BYTES, TokenError};
+use oidc::{Oidc, SessionCheck, SessionOutcome, SessionProblem};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
     Basic,
     Bearer,
+    /// An OIDC browser session.
+    Session,
 }
 
 impl Scheme {
@@ -35,6 +41,7 @@ impl Scheme {
         match self {
             Scheme::Basic => "basic",
             Scheme::Bearer => "bearer",
+            Scheme::Session => "session",
         }
     }
 }
@@ -87,6 +94,17 @@ impl Authenticated {
     pub fn scheme(&self) -> Scheme {
         self.scheme
     }
+
+    /// What `/.sallyport/userinfo` shows: who this is, never a credential.
+    pub fn userinfo(&self) -> serde_json::Value {
+        serde_json::json!({
+            "user": self.user,
+            "email": self.email,
+            "preferred_username": self.preferred_username,
+            "groups": self.groups,
+            "scheme": self.scheme.as_str(),
+        })
+    }
 }
 
 /// What a scheme verified, before it becomes an [`Authenticated`].
@@ -120,6 +138,8 @@ pub enum Rejection {
     BadBearerRequest(&'static str),
     /// The client or username spent its failure budget while this request waited.
     Throttled(Throttled),
+    /// A session cookie that is not (or no longer) a session.
+    Session(SessionProblem),
 }
 
 impl Rejection {
@@ -135,6 +155,7 @@ impl Rejection {
             Rejection::InvalidToken(e) => e.reason(),
             Rejection::BadBearerRequest(_) => "malformed",
             Rejection::Throttled(t) => t.by.as_str(),
+            Rejection::Session(p) => p.reason(),
         }
     }
 
@@ -148,6 +169,8 @@ impl Rejection {
             | Rejection::UnknownUser { .. }
             | Rejection::WrongPassword { .. } => true,
             Rejection::InvalidToken(e) => e.counts_as_failure(),
+            // A cookie we never sealed is a forgery attempt; an expired one is not.
+            Rejection::Session(p) => *p == SessionProblem::Tampered,
             _ => false,
         }
     }
@@ -169,26 +192,63 @@ pub struct Authenticator {
     challenge: Challenge,
     basic: Option<Arc<BasicAuth>>,
     jwt: Option<JwtAuth>,
+    oidc: Option<Oidc>,
 }
 
 impl Authenticator {
-    pub fn new(config: &AuthConfig, headers: &IdentityHeaders) -> Result<Authenticator, String> {
+    pub fn new(
+        config: &AuthConfig,
+        headers: &IdentityHeaders,
+        clock: WallClock,
+    ) -> Result<Authenticator, String> {
         let basic = config.basic.as_ref().map(|b| Arc::new(BasicAuth::new(b)));
         let jwt = config
             .jwt
             .as_ref()
             .map(|j| JwtAuth::new(j, headers))
             .transpose()?;
+        let oidc = config
+            .oidc
+            .as_ref()
+            .map(|o| Oidc::new(o, headers, clock))
+            .transpose()?;
         Ok(Authenticator {
             challenge: Challenge {
                 realm: Arc::from(config.realm.as_str()),
                 basic: basic.is_some(),
-                bearer: jwt.is_some(),
+                bearer: jwt.is_some() || oidc.is_some(),
                 bearer_error: None,
             },
             basic,
             jwt,
+            oidc,
         })
+    }
+
+    pub fn oidc(&self) -> Option<&Oidc> {
+        self.oidc.as_ref()
+    }
+
+    /// Bearer tokens go to `[auth.jwt]` when configured, else to the OIDC IdP's keys.
+    fn bearer(&self) -> Option<&JwtAuth> {
+        self.jwt.as_ref().or(self.oidc.as_ref().map(Oidc::bearer))
+    }
+
+    /// Checks a session cookie; the response must carry `set_cookies` either way.
+    pub async fn session(&self, headers: &HeaderMap) -> (Result<Authenticated, Rejection>, Vec<http::HeaderValue>) {
+        let Some(oidc) = &self.oidc else {
+            return (Err(Rejection::Missing), Vec::new());
+        };
+        let SessionCheck {
+            outcome,
+            set_cookies,
+        } = oidc.session(headers).await;
+        let result = match outcome {
+            SessionOutcome::Valid(who) => Ok(who),
+            SessionOutcome::Rejected(problem) => Err(Rejection::Session(problem)),
+            SessionOutcome::Unavailable => Err(Rejection::Unavailable),
+        };
+        (result, set_cookies)
     }
 
     /// The 401 (or 400) for a rejection: every enabled scheme's challenge, with the RFC
@@ -218,10 +278,13 @@ impl Authenticator {
     pub fn credential(&self, headers: &HeaderMap) -> Credential {
         let mut fields = headers.get_all(AUTHORIZATION).iter();
         let Some(field) = fields.next() else {
+            if self.oidc.as_ref().is_some_and(|o| o.has_session_cookie(headers)) {
+                return Credential::Session;
+            }
             return Credential::Missing;
         };
         if fields.next().is_some() {
-            if self.jwt.is_some() {
+            if self.bearer().is_some() {
                 return Credential::BadBearer("The request has more than one Authorization field.");
             }
             return Credential::Malformed("more than one Authorization field");
@@ -238,7 +301,7 @@ impl Authenticator {
                 Err(_) => Credential::Malformed("Basic credentials do not parse"),
             };
         }
-        if scheme.eq_ignore_ascii_case(b"bearer") && self.jwt.is_some() {
+        if scheme.eq_ignore_ascii_case(b"bearer") && self.bearer().is_some() {
             return parse_bearer(token);
         }
         Credential::Unsupported
@@ -271,7 +334,9 @@ impl Authenticator {
                 Err(Rejection::UnsupportedScheme)
             }
             (Credential::BadBearer(why), _) => Err(Rejection::BadBearerRequest(why)),
-            (Credential::Bearer(token), _) => match &self.jwt {
+            // Sessions are checked by `session`, which also produces cookies.
+            (Credential::Session, _) => Err(Rejection::Missing),
+            (Credential::Bearer(token), _) => match self.bearer() {
                 Some(jwt) => jwt.verify(token).await.map_err(|e| match e {
                     TokenError::KeysUnavailable => Rejection::Unavailable,
                     e => Rejection::InvalidToken(e),
@@ -295,6 +360,8 @@ pub enum Credential {
     BadBearer(&'static str),
     /// A scheme no enabled authenticator takes.
     Unsupported,
+    /// No Authorization field, but an OIDC session cookie.
+    Session,
 }
 
 impl Credential {
@@ -320,6 +387,7 @@ impl std::fmt::Debug for Credential {
             Credential::Bearer(_) => f.write_str("Bearer(..)"),
             Credential::BadBearer(why) => f.debug_tuple("BadBearer").field(why).finish(),
             Credential::Unsupported => f.write_str("Unsupported"),
+            Credential::Session => f.write_str("Session"),
         }
     }
 }

@@ -80,6 +80,52 @@ pub struct AuthConfig {
     pub realm: String,
     pub basic: Option<BasicConfig>,
     pub jwt: Option<JwtConfig>,
+    pub oidc: Option<OidcConfig>,
+}
+
+/// Bytes that must never reach a log: `Debug` prints their length only.
+#[derive(Clone)]
+pub struct Secret(Arc<[u8]>);
+
+impl Secret {
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+/// OIDC browser login (authorization code + PKCE) and Bearer tokens from the same IdP.
+#[derive(Debug)]
+pub struct OidcConfig {
+    /// Exactly as configured: discovery must report the very same string.
+    pub issuer: String,
+    pub discovery_url: Uri,
+    /// Extra roots to trust for the IdP's TLS (a private CA).
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    pub client_id: String,
+    /// `None`: a public client, authenticated by PKCE alone.
+    pub client_secret: Option<Secret>,
+    pub scopes: Vec<String>,
+    pub cookie_secret: Secret,
+    pub session_idle: Duration,
+    pub session_max: Duration,
+    /// Server-side sessions in Redis; the cookie then holds only an encrypted id.
+    pub session_store: Option<RedisTarget>,
+    /// Bearer tokens from this IdP must be for one of these.
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub leeway: Duration,
+    pub claims: ClaimPaths,
+    /// Hosts (exact, or `.example.com` for subdomains) a post-login `rd` may point to,
+    /// besides `public_url`'s own.
+    pub allowed_redirect_hosts: Vec<String>,
+    /// `server.public_url`: redirect_uri and cookies belong to it.
+    pub public_url: Uri,
 }
 
 /// Bearer tokens (JWT). Keys come from a JWKS URL, static PEM public keys, or an HMAC
@@ -354,9 +400,9 @@ impl Validator<'_> {
         };
         let log = self.log(raw.log);
         let headers = self.headers(raw.headers);
-        let auth = self.auth(raw.auth);
+        let auth = self.auth(raw.auth, server.public_url.as_ref());
         let rate_limit = self.rate_limit(raw.rate_limit);
-        let has_scheme = auth.basic.is_some() || auth.jwt.is_some();
+        let has_scheme = auth.basic.is_some() || auth.jwt.is_some() || auth.oidc.is_some();
         let mut routes = Vec::new();
         for (i, r) in raw.route.into_iter().enumerate() {
             if let Some(route) = self.route(i, r, has_scheme) {
@@ -508,22 +554,16 @@ impl Validator<'_> {
         }
     }
 
-    fn auth(&mut self, raw: Option<Spanned<RawAuth>>) -> AuthConfig {
+    fn auth(&mut self, raw: Option<Spanned<RawAuth>>, public_url: Option<&Uri>) -> AuthConfig {
         let Some(raw) = raw else {
             return AuthConfig {
                 realm: "Restricted".into(),
                 basic: None,
                 jwt: None,
+                oidc: None,
             };
         };
         let raw = raw.into_inner();
-        if let Some(v) = &raw.oidc {
-            self.fail(
-                span_of(v),
-                "auth.oidc",
-                "this scheme is not supported by this version of sallyport yet",
-            );
-        }
         let realm = match raw.realm {
             None => "Restricted".to_string(),
             Some(r) => {
@@ -543,7 +583,327 @@ impl Validator<'_> {
         };
         let basic = raw.basic.and_then(|b| self.basic(b));
         let jwt = raw.jwt.and_then(|j| self.jwt(j));
-        AuthConfig { realm, basic, jwt }
+        let oidc = raw.oidc.and_then(|o| self.oidc(o, public_url));
+        AuthConfig {
+            realm,
+            basic,
+            jwt,
+            oidc,
+        }
+    }
+
+    /// Pinned signature algorithms; `default` when the key is absent.
+    fn algorithms(
+        &mut self,
+        raw: &Option<Spanned<Vec<Spanned<String>>>>,
+        key: &str,
+        default: jsonwebtoken::Algorithm,
+    ) -> Vec<jsonwebtoken::Algorithm> {
+        let mut algorithms = Vec::new();
+        match raw {
+            None => algorithms.push(default),
+            Some(list) => {
+                for a in list.get_ref() {
+                    match a.get_ref().trim().parse::<jsonwebtoken::Algorithm>() {
+                        Ok(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
+                        Ok(_) => {}
+                        Err(_) => self.fail(
+                            span_of(a),
+                            key,
+                            "unknown algorithm (RS256/384/512, PS256/384/512, ES256/384, EdDSA, HS256/384/512; \"none\" is never accepted)",
+                        ),
+                    }
+                }
+                if list.get_ref().is_empty() {
+                    self.fail(span_of(list), key, "list at least one algorithm");
+                }
+            }
+        }
+        algorithms
+    }
+
+    fn claim_paths(&mut self, raw: RawClaims, section: &str) -> ClaimPaths {
+        let mut claim = |raw: Option<Spanned<String>>, field: &str, default: &str| match raw {
+            None => default.to_string(),
+            Some(c) if c.get_ref().trim().is_empty() => {
+                self.fail(
+                    span_of(&c),
+                    &format!("{section}.claims.{field}"),
+                    "must name a claim",
+                );
+                default.to_string()
+            }
+            Some(c) => c.get_ref().trim().to_string(),
+        };
+        ClaimPaths {
+            user: claim(raw.user, "user", "sub"),
+            email: claim(raw.email, "email", "email"),
+            groups: claim(raw.groups, "groups", "groups"),
+            preferred_username: claim(
+                raw.preferred_username,
+                "preferred_username",
+                "preferred_username",
+            ),
+        }
+    }
+
+    /// A secret from a file, without the trailing newline editors and `echo` add.
+    fn secret_file(
+        &mut self,
+        raw: &Spanned<String>,
+        key: &str,
+        min_len: usize,
+        hint: &str,
+    ) -> Option<Secret> {
+        let path = self.file(raw, key)?;
+        match std::fs::read(&path) {
+            Ok(mut bytes) => {
+                while bytes.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
+                    bytes.pop();
+                }
+                if bytes.len() < min_len {
+                    self.fail(
+                        span_of(raw),
+                        key,
+                        format!("needs at least {min_len} bytes; {hint}"),
+                    );
+                    return None;
+                }
+                Some(Secret(Arc::from(bytes)))
+            }
+            Err(e) => {
+                self.fail(
+                    span_of(raw),
+                    key,
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                None
+            }
+        }
+    }
+
+    fn ca_roots(&mut self, raw: &Option<Spanned<String>>, key: &str) -> Vec<CertificateDer<'static>> {
+        let Some(ca) = raw else { return Vec::new() };
+        let Some(path) = self.file(ca, key) else {
+            return Vec::new();
+        };
+        match load_cert_chain(&path) {
+            Ok(certs) => certs,
+            Err(why) => {
+                self.fail(span_of(ca), key, why);
+                Vec::new()
+            }
+        }
+    }
+
+    fn oidc(&mut self, raw: Spanned<RawOidc>, public_url: Option<&Uri>) -> Option<OidcConfig> {
+        use jsonwebtoken::AlgorithmFamily;
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let before = self.errors.len();
+        let required = |this: &mut Self, value: &Option<Spanned<String>>, key: &str, what: &str| {
+            match value {
+                Some(v) if !v.get_ref().trim().is_empty() => Some(v.get_ref().trim().to_string()),
+                Some(v) => {
+                    this.fail(span_of(v), key, "must not be empty");
+                    None
+                }
+                None => {
+                    this.fail(Some(span.clone()), key, format!("missing: {what}"));
+                    None
+                }
+            }
+        };
+        let issuer = required(self, &raw.issuer, "auth.oidc.issuer", "the IdP's issuer URL, e.g. \"https://idp.example.com\"");
+        let discovery_url = issuer.as_deref().and_then(|issuer| {
+            let valid = issuer
+                .parse::<Uri>()
+                .ok()
+                .filter(|u| {
+                    u.scheme_str() == Some("https")
+                        && u.authority().is_some_and(|a| !a.as_str().contains('@'))
+                        && u.query().is_none()
+                })
+                .is_some();
+            let url = format!(
+                "{}/.well-known/openid-configuration",
+                issuer.trim_end_matches('/')
+            );
+            match url.parse::<Uri>() {
+                Ok(uri) if valid => Some(uri),
+                _ => {
+                    self.fail(
+                        raw.issuer.as_ref().and_then(span_of),
+                        "auth.oidc.issuer",
+                        "must be an https:// URL without query, e.g. \"https://idp.example.com/realms/main\"",
+                    );
+                    None
+                }
+            }
+        });
+        let extra_roots = self.ca_roots(&raw.issuer_ca, "auth.oidc.issuer_ca");
+        let client_id = required(self, &raw.client_id, "auth.oidc.client_id", "the client id registered at the IdP");
+        let client_secret = raw.client_secret_file.as_ref().and_then(|f| {
+            self.secret_file(f, "auth.oidc.client_secret_file", 1, "the file is empty")
+        });
+        let cookie_secret = match &raw.cookie_secret_file {
+            Some(f) => self.secret_file(
+                f,
+                "auth.oidc.cookie_secret_file",
+                32,
+                "generate one with `openssl rand -base64 48`",
+            ),
+            None => {
+                self.fail(
+                    Some(span.clone()),
+                    "auth.oidc.cookie_secret_file",
+                    "missing: a file with at least 32 random bytes (`openssl rand -base64 48`), which encrypts the session cookies",
+                );
+                None
+            }
+        };
+        let scopes = match &raw.scopes {
+            None => vec!["openid".to_string(), "email".into(), "profile".into()],
+            Some(list) => {
+                let mut scopes = Vec::new();
+                for s in list.get_ref() {
+                    let text = s.get_ref().trim();
+                    let valid = !text.is_empty()
+                        && text
+                            .bytes()
+                            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+                    if valid {
+                        if !scopes.iter().any(|have| have == text) {
+                            scopes.push(text.to_string());
+                        }
+                    } else {
+                        self.fail(span_of(s), "auth.oidc.scopes", "a scope is one printable word");
+                    }
+                }
+                if !scopes.iter().any(|s| s == "openid") {
+                    self.fail(
+                        span_of(list),
+                        "auth.oidc.scopes",
+                        "must include \"openid\" (without it the IdP issues no ID token)",
+                    );
+                }
+                scopes
+            }
+        };
+        let session_idle = self.positive_duration(
+            raw.session_idle.clone(),
+            "auth.oidc.session_idle",
+            Duration::from_secs(30 * 60),
+        );
+        let session_max = self.positive_duration(
+            raw.session_max.clone(),
+            "auth.oidc.session_max",
+            Duration::from_secs(12 * 3600),
+        );
+        if session_idle > session_max {
+            self.fail(
+                raw.session_idle.as_ref().and_then(span_of),
+                "auth.oidc.session_idle",
+                "must not be longer than session_max",
+            );
+        }
+        let session_store = raw.session_store.as_ref().and_then(|url| {
+            let text = url.get_ref().trim();
+            match crate::throttle::check_redis_url(text) {
+                Ok(()) => Some(RedisTarget {
+                    url: text.to_string(),
+                    prefix: "sallyport:".to_string(),
+                }),
+                Err(why) => {
+                    self.fail(span_of(url), "auth.oidc.session_store", why);
+                    None
+                }
+            }
+        });
+        let algorithms = self.algorithms(
+            &raw.algorithms,
+            "auth.oidc.algorithms",
+            jsonwebtoken::Algorithm::RS256,
+        );
+        if algorithms.iter().any(|a| a.family() == AlgorithmFamily::Hmac) {
+            self.fail(
+                raw.algorithms.as_ref().and_then(span_of),
+                "auth.oidc.algorithms",
+                "ID tokens are checked with the IdP's public keys: use RS*, PS*, ES* or EdDSA",
+            );
+        }
+        let mut audiences = Vec::new();
+        for a in raw.audiences.iter().flatten() {
+            let text = a.get_ref().trim();
+            if text.is_empty() {
+                self.fail(span_of(a), "auth.oidc.audiences", "must not be empty");
+            } else {
+                audiences.push(text.to_string());
+            }
+        }
+        if raw.audiences.is_none() {
+            audiences.extend(client_id.clone());
+        }
+        let leeway = self.duration(raw.leeway.clone(), "auth.oidc.leeway", Duration::from_secs(30));
+        let mut allowed_redirect_hosts = Vec::new();
+        for h in raw.allowed_redirect_hosts.iter().flatten() {
+            let text = h.get_ref().trim().to_ascii_lowercase();
+            let bare = text.strip_prefix('.').unwrap_or(&text);
+            let valid = !bare.is_empty()
+                && bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':'));
+            if valid {
+                allowed_redirect_hosts.push(text);
+            } else {
+                self.fail(
+                    span_of(h),
+                    "auth.oidc.allowed_redirect_hosts",
+                    "a host name (\"app.example.com\", with a port if not the default), or \".example.com\" for its subdomains",
+                );
+            }
+        }
+        let claims = self.claim_paths(raw.claims, "auth.oidc");
+        let public_url = match public_url {
+            Some(u) if u.scheme_str() == Some("https") || is_loopback_url(u) => Some(u.clone()),
+            Some(_) => {
+                self.fail(
+                    None,
+                    "server.public_url",
+                    "must be https:// with [auth.oidc] (session cookies are Secure); plain http is allowed for localhost only",
+                );
+                None
+            }
+            None => {
+                self.fail(
+                    Some(span.clone()),
+                    "server.public_url",
+                    "[auth.oidc] needs server.public_url (e.g. \"https://app.example.com\"): the IdP sends users back to <public_url>/.sallyport/callback",
+                );
+                None
+            }
+        };
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(OidcConfig {
+            issuer: issuer?,
+            discovery_url: discovery_url?,
+            extra_roots,
+            client_id: client_id?,
+            client_secret,
+            scopes,
+            cookie_secret: cookie_secret?,
+            session_idle,
+            session_max,
+            session_store,
+            audiences,
+            algorithms,
+            leeway,
+            claims,
+            allowed_redirect_hosts,
+            public_url: public_url?,
+        })
     }
 
     fn jwt(&mut self, raw: Spanned<RawJwt>) -> Option<JwtConfig> {
@@ -552,30 +912,7 @@ impl Validator<'_> {
         let raw = raw.into_inner();
         let before = self.errors.len();
 
-        let mut algorithms = Vec::new();
-        match &raw.algorithms {
-            None => algorithms.push(Algorithm::RS256),
-            Some(list) => {
-                for a in list.get_ref() {
-                    match a.get_ref().trim().parse::<Algorithm>() {
-                        Ok(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
-                        Ok(_) => {}
-                        Err(_) => self.fail(
-                            span_of(a),
-                            "auth.jwt.algorithms",
-                            "unknown algorithm (RS256/384/512, PS256/384/512, ES256/384, EdDSA, HS256/384/512; \"none\" is never accepted)",
-                        ),
-                    }
-                }
-                if list.get_ref().is_empty() {
-                    self.fail(
-                        span_of(list),
-                        "auth.jwt.algorithms",
-                        "list at least one algorithm",
-                    );
-                }
-            }
-        }
+        let algorithms = self.algorithms(&raw.algorithms, "auth.jwt.algorithms", Algorithm::RS256);
         let hmac = algorithms
             .iter()
             .any(|a| a.family() == AlgorithmFamily::Hmac);
@@ -602,19 +939,7 @@ impl Validator<'_> {
                     None
                 }
             });
-        let extra_roots = match &raw.jwks_ca {
-            None => Vec::new(),
-            Some(ca) => match self.file(ca, "auth.jwt.jwks_ca") {
-                None => Vec::new(),
-                Some(path) => match load_cert_chain(&path) {
-                    Ok(certs) => certs,
-                    Err(why) => {
-                        self.fail(span_of(ca), "auth.jwt.jwks_ca", why);
-                        Vec::new()
-                    }
-                },
-            },
-        };
+        let extra_roots = self.ca_roots(&raw.jwks_ca, "auth.jwt.jwks_ca");
         let refresh = self.positive_duration(
             raw.jwks_refresh,
             "auth.jwt.jwks_refresh",
@@ -741,24 +1066,7 @@ impl Validator<'_> {
             "auth.jwt.cache_ttl",
             Duration::from_secs(300),
         );
-        let mut claim = |raw: Option<Spanned<String>>, key: &str, default: &str| match raw {
-            None => default.to_string(),
-            Some(c) if c.get_ref().trim().is_empty() => {
-                self.fail(span_of(&c), key, "must name a claim");
-                default.to_string()
-            }
-            Some(c) => c.get_ref().trim().to_string(),
-        };
-        let claims = ClaimPaths {
-            user: claim(raw.claims.user, "auth.jwt.claims.user", "sub"),
-            email: claim(raw.claims.email, "auth.jwt.claims.email", "email"),
-            groups: claim(raw.claims.groups, "auth.jwt.claims.groups", "groups"),
-            preferred_username: claim(
-                raw.claims.preferred_username,
-                "auth.jwt.claims.preferred_username",
-                "preferred_username",
-            ),
-        };
+        let claims = self.claim_paths(raw.claims, "auth.jwt");
         if self.errors.len() > before {
             return None;
         }
@@ -1530,6 +1838,19 @@ impl Validator<'_> {
             base_path,
             extra_roots,
         })
+    }
+}
+
+/// `http://localhost...` or a loopback address: plain HTTP is tolerable for development.
+fn is_loopback_url(uri: &Uri) -> bool {
+    match uri.host() {
+        Some("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
     }
 }
 

@@ -137,7 +137,27 @@ pub struct RawAuth {
     pub realm: Option<Spanned<String>>,
     pub basic: Option<Spanned<RawBasic>>,
     pub jwt: Option<Spanned<RawJwt>>,
-    pub oidc: Option<Spanned<toml::Value>>,
+    pub oidc: Option<Spanned<RawOidc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOidc {
+    pub issuer: Option<Spanned<String>>,
+    pub issuer_ca: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub client_secret_file: Option<Spanned<String>>,
+    pub scopes: Option<Spanned<Vec<Spanned<String>>>>,
+    pub cookie_secret_file: Option<Spanned<String>>,
+    pub session_idle: Option<Spanned<String>>,
+    pub session_max: Option<Spanned<String>>,
+    pub session_store: Option<Spanned<String>>,
+    pub audiences: Option<Vec<Spanned<String>>>,
+    pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    pub leeway: Option<Spanned<String>>,
+    pub allowed_redirect_hosts: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub claims: RawClaims,
 }
 
 #[derive(Debug, Deserialize)]

@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::WallClock;
 use crate::config::{Config, Limits, Timeouts};
 use crate::gate::{ConnInfo, Gate};
 use crate::proxy::UpgradeRelay;
@@ -48,8 +49,13 @@ struct Shared {
 impl Server {
     /// Binds every listen address and builds the TLS acceptor and upstream clients.
     pub async fn bind(config: &Config) -> Result<Server, String> {
+        Server::bind_with_clock(config, WallClock::system()).await
+    }
+
+    /// As [`Server::bind`], with sessions timed by `clock`.
+    pub async fn bind_with_clock(config: &Config, clock: WallClock) -> Result<Server, String> {
         let tls = config.server.tls.as_ref().map(tls::acceptor).transpose()?;
-        let gate = Gate::new(config)?;
+        let gate = Gate::new(config, clock)?;
         if let Some(basic) = gate.authenticator().basic() {
             basic.watch_files()?;
             if tls.is_none() {

@@ -11,12 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, Script};
+use redis::{Client, Script};
 
 use super::{ClientKey, ThrottleStats, Throttled, ThrottledBy, Transitions, UserKey};
 use crate::config::{RateLimit, RedisTarget};
+use crate::redis_link::RedisLink;
 
 /// Longest a request waits on Redis before deciding locally.
 const CALL_TIMEOUT: Duration = Duration::from_millis(250);
@@ -149,11 +148,8 @@ return {1}
 "#;
 
 pub struct SharedStore {
-    client: Client,
-    /// One multiplexed connection, shared by all requests; dropped on any error and
-    /// re-established by the next call after the rest period.
-    connection: ArcSwapOption<MultiplexedConnection>,
-    connecting: tokio::sync::Mutex<()>,
+    /// Dropped on any error and re-established by the next call after the rest period.
+    link: RedisLink,
     prefix: String,
     limits: RateLimit,
     check: Script,
@@ -172,11 +168,9 @@ impl SharedStore {
         limits: &RateLimit,
         stats: Arc<ThrottleStats>,
     ) -> Option<SharedStore> {
-        let client = Client::open(target.url.as_str()).ok()?;
+        let link = RedisLink::open(&target.url, CALL_TIMEOUT).ok()?;
         Some(SharedStore {
-            client,
-            connection: ArcSwapOption::empty(),
-            connecting: tokio::sync::Mutex::new(()),
+            link,
             prefix: target.prefix.clone(),
             limits: limits.clone(),
             check: Script::new(&check_script()),
@@ -242,7 +236,7 @@ impl SharedStore {
             invocation.arg(a);
         }
         let outcome = tokio::time::timeout(CALL_TIMEOUT, async {
-            let mut connection = self.connect().await?;
+            let mut connection = self.link.connection().await?;
             invocation.invoke_async::<Vec<i64>>(&mut connection).await
         })
         .await;
@@ -255,7 +249,7 @@ impl SharedStore {
                 Some(values)
             }
             failed => {
-                self.connection.store(None);
+                self.link.reset();
                 self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
                 let until = (self.origin.elapsed() + RETRY_AFTER_FAILURE).as_millis() as u64;
                 if self.resting_until.swap(until, Ordering::AcqRel) == 0 {
@@ -269,26 +263,6 @@ impl SharedStore {
                 None
             }
         }
-    }
-
-    /// The shared connection, connecting first if there is none (one connect at a time).
-    async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
-        if let Some(c) = self.connection.load_full() {
-            return Ok((*c).clone());
-        }
-        let _one_at_a_time = self.connecting.lock().await;
-        if let Some(c) = self.connection.load_full() {
-            return Ok((*c).clone());
-        }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CALL_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT));
-        let connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        self.connection.store(Some(Arc::new(connection.clone())));
-        Ok(connection)
     }
 
     fn verdict(values: &[i64]) -> Result<(), Throttled> {
