@@ -7,72 +7,13 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use common::tokens::*;
 use common::*;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-
-/// A signing key and its public JWK.
-struct Signer {
-    kid: String,
-    alg: Algorithm,
-    key: EncodingKey,
-    jwk: Jwk,
-    public_pem: String,
-}
-
-impl Signer {
-    fn new(kid: &str, alg: Algorithm) -> Signer {
-        sallyport::install_crypto_provider();
-        let pair = match alg {
-            Algorithm::RS256 | Algorithm::PS256 => {
-                rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
-            }
-            Algorithm::ES256 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
-            Algorithm::EdDSA => rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519),
-            other => panic!("no test key for {other:?}"),
-        }
-        .unwrap();
-        let pem = pair.serialize_pem();
-        let key = match alg {
-            Algorithm::ES256 => EncodingKey::from_ec_pem(pem.as_bytes()),
-            Algorithm::EdDSA => EncodingKey::from_ed_pem(pem.as_bytes()),
-            _ => EncodingKey::from_rsa_pem(pem.as_bytes()),
-        }
-        .unwrap();
-        let mut jwk = match alg {
-            // The library cannot derive an Ed25519 JWK from this PKCS#8 form; build it.
-            Algorithm::EdDSA => serde_json::from_value(json!({
-                "kty": "OKP",
-                "crv": "Ed25519",
-                "alg": "EdDSA",
-                "x": b64_bytes(pair.public_key_raw()),
-            }))
-            .unwrap(),
-            _ => Jwk::from_encoding_key(&key, alg).unwrap(),
-        };
-        jwk.common.key_id = Some(kid.to_string());
-        Signer {
-            kid: kid.to_string(),
-            alg,
-            key,
-            jwk,
-            public_pem: pair.public_key_pem(),
-        }
-    }
-
-    fn sign(&self, claims: &Value) -> String {
-        let mut header = Header::new(self.alg);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.key).unwrap()
-    }
-}
-
-fn now() -> u64 {
-    jsonwebtoken::get_current_timestamp()
-}
 
 fn claims(sub: &str) -> Value {
     json!({
@@ -86,16 +27,6 @@ fn claims(sub: &str) -> Value {
         "scope": "read write",
         "org": {"tenant": "acme"},
     })
-}
-
-/// Unsigned JSON segments, for hand-built attack tokens.
-fn b64(v: &Value) -> String {
-    b64_bytes(v.to_string().as_bytes())
-}
-
-fn b64_bytes(bytes: &[u8]) -> String {
-    use base64ct::{Base64UrlUnpadded, Encoding};
-    Base64UrlUnpadded::encode_string(bytes)
 }
 
 /// An IdP that serves a JWKS over HTTPS, can change it, and can go down.
@@ -112,9 +43,6 @@ impl Idp {
         let fetches = Arc::new(AtomicUsize::new(0));
         let down = Arc::new(AtomicBool::new(false));
         let (j, f, d) = (jwks.clone(), fetches.clone(), down.clone());
-        // A TLS front on a plain upstream: the proxy itself, configured as a public route,
-        // would work too, but a separate server keeps the IdP independent of the code
-        // under test.
         let plain = spawn_upstream(move |_req: Request<Incoming>| {
             let (j, f, d) = (j.clone(), f.clone(), d.clone());
             async move {
@@ -130,23 +58,12 @@ impl Idp {
             }
         })
         .await;
-        let front = Proxy::start(
-            tempfile::tempdir().unwrap().keep().as_path(),
-            &format!(
-                "{}{}{}[rate_limit]\nenabled = false\n",
-                server_section(""),
-                pki.tls_section(),
-                public_route("/", &format!("http://{plain}")),
-            ),
-        )
-        .await;
         let idp = Idp {
             jwks,
             fetches,
             down,
-            port: front.addr.port(),
+            port: https_front(pki, plain).await.port(),
         };
-        std::mem::forget(front);
         idp.publish(keys);
         idp
     }

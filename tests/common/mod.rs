@@ -2,6 +2,8 @@
 //! upstream servers, and clients that speak real TLS.
 #![allow(dead_code)]
 
+pub mod tokens;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use sallyport::clock::WallClock;
 use sallyport::config::Config;
 use sallyport::server::Server;
 
@@ -142,11 +145,16 @@ pub struct Proxy {
 impl Proxy {
     /// Parses `config` as if it were `<dir>/sallyport.toml`, binds and starts serving.
     pub async fn start(dir: &Path, config: &str) -> Proxy {
+        Proxy::start_with_clock(dir, config, WallClock::system()).await
+    }
+
+    /// As [`Proxy::start`], with sessions timed by `clock`.
+    pub async fn start_with_clock(dir: &Path, config: &str, clock: WallClock) -> Proxy {
         let path = dir.join("sallyport.toml");
         std::fs::write(&path, config).unwrap();
         let config = Config::load(&path)
             .unwrap_or_else(|e| panic!("test config is invalid:\n{e}\n---\n{config}"));
-        let server = Server::bind(&config).await.unwrap();
+        let server = Server::bind_with_clock(&config, clock).await.unwrap();
         let addrs = server.local_addrs();
         let basic_reloads = server.basic_reloads();
         let (tx, rx) = oneshot::channel::<()>();
@@ -290,5 +298,24 @@ pub async fn spawn_websocket_echo_upstream() -> SocketAddr {
             });
         }
     });
+    addr
+}
+
+/// An HTTPS service in front of a plain test server (another sallyport, on a public
+/// route, passing `Authorization` on): a remote party such as an IdP for the proxy under
+/// test to call, kept independent of that proxy. Lives until the test process ends.
+pub async fn https_front(pki: &Pki, plain: SocketAddr) -> SocketAddr {
+    let front = Proxy::start(
+        tempfile::tempdir().unwrap().keep().as_path(),
+        &format!(
+            "{}{}[headers]\nforward_authorization = true\n[rate_limit]\nenabled = false\n{}",
+            server_section(""),
+            pki.tls_section(),
+            public_route("/", &format!("http://{plain}")),
+        ),
+    )
+    .await;
+    let addr = front.addr;
+    std::mem::forget(front);
     addr
 }
