@@ -133,6 +133,9 @@ impl Gate {
         for cookie in trace.set_cookies.drain(..) {
             response.headers_mut().append(SET_COOKIE, cookie);
         }
+        if method == Method::HEAD {
+            without_body(&mut response);
+        }
 
         if self.access_log {
             tracing::info!(
@@ -470,6 +473,21 @@ impl Gate {
     pub fn authenticator(&self) -> &Authenticator {
         &self.auth
     }
+}
+
+/// A HEAD answer has the headers of the GET answer and no body. HTTP/1.1 drops a body
+/// by itself; HTTP/2 would send it as DATA, which clients treat as a protocol error. Our
+/// own pages and `builtin:echo` have bodies, so it is dropped here for every HEAD.
+fn without_body(response: &mut Response<ProxyBody>) {
+    use hyper::body::Body;
+    if !response.headers().contains_key(http::header::CONTENT_LENGTH) {
+        if let Some(length) = response.body().size_hint().exact() {
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
+    }
+    *response.body_mut() = proxy::full_body(bytes::Bytes::new());
 }
 
 /// A CORS preflight (Fetch standard): OPTIONS with `Origin` and

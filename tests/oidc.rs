@@ -461,7 +461,9 @@ impl Site {
         std::fs::write(dir.join("cookie-secret"), cookie_secret).unwrap();
         let config = format!(
             "{}{}[auth.oidc]\nissuer = {:?}\nissuer_ca = {:?}\nclient_id = {CLIENT_ID:?}\nclient_secret_file = \"client-secret\"\ncookie_secret_file = \"cookie-secret\"\nsession_idle = \"30m\"\nsession_max = \"2h\"\n{extra_oidc}\n[[route]]\npath = \"/\"\nupstream = \"http://{upstream}\"\n[[route]]\npath = \"/public\"\nupstream = \"http://{upstream}\"\nauth = \"public\"\n",
-            server_section(&format!("public_url = {PUBLIC_URL:?}")),
+            server_section(&format!(
+                "public_url = {PUBLIC_URL:?}\ntrusted_proxies = [\"127.0.0.1/32\"]"
+            )),
             pki.tls_section(),
             idp.issuer,
             pki.ca_path().display().to_string(),
@@ -566,6 +568,63 @@ async fn a_browser_logs_in_at_the_idp_and_lands_back_with_its_identity() {
     // Without the session: userinfo is a 401, never a redirect.
     let stranger = site.browser();
     assert_eq!(stranger.page("/.sallyport/userinfo").await.status, 401);
+}
+
+#[tokio::test]
+async fn forward_auth_takes_the_session_cookie_and_sends_browsers_to_log_in() {
+    let site = Site::start("allowed_redirect_hosts = [\"wiki.test\"]").await;
+    let browser = site.browser();
+    let traefik = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "app.test"),
+        ("x-forwarded-uri", "/docs/page?a=1"),
+        ("x-forwarded-method", "GET"),
+    ];
+    // Traefik and Caddy pass our answer to the browser: a redirect to the login works.
+    let answer = browser.send("/.sallyport/auth", "text/html", &traefik).await;
+    assert_eq!(answer.status, 302);
+    assert_eq!(
+        answer.location.as_deref(),
+        Some("https://app.test/.sallyport/login?rd=%2Fdocs%2Fpage%3Fa%3D1")
+    );
+    // For another host the return target is absolute (honoured only if allowed).
+    let other = [
+        ("x-forwarded-host", "wiki.test"),
+        ("x-forwarded-uri", "/w"),
+    ];
+    let answer = browser.send("/.sallyport/auth", "text/html", &other).await;
+    assert_eq!(
+        answer.location.as_deref(),
+        Some("https://app.test/.sallyport/login?rd=https%3A%2F%2Fwiki.test%2Fw")
+    );
+    // nginx auth_request only understands 2xx/401/403: its auth-signin does the redirect.
+    let nginx = [("x-original-url", "https://app.test/docs/page?a=1")];
+    let answer = browser.send("/.sallyport/auth", "text/html", &nginx).await;
+    assert_eq!(answer.status, 401);
+
+    // ingress-nginx's auth-signin: /.sallyport/login?rd=$scheme://$host$escaped_request_uri
+    let to_idp = browser
+        .page("/.sallyport/login?rd=https%3A%2F%2Fapp.test%2Fdocs%2Fpage%3Fa%3D1")
+        .await;
+    let callback = site.idp.authorize(&to_idp.location.unwrap(), "alice");
+    let done = browser.page(&format!("/.sallyport/callback?{callback}")).await;
+    assert_eq!(done.location.as_deref(), Some("https://app.test/docs/page?a=1"));
+
+    for headers in [&traefik[..], &nginx[..]] {
+        let answer = browser.send("/.sallyport/auth", "text/html", headers).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    let client = site.pki.client(site.proxy.addr).build().unwrap();
+    let allowed = client
+        .get(url(site.proxy.addr, "/.sallyport/auth"))
+        .header("x-original-url", "https://app.test/x")
+        .header("cookie", browser.cookie_header().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(allowed.headers()["x-auth-request-user"], "alice");
+    assert_eq!(allowed.headers()["x-auth-request-email"], "alice@example.com");
 }
 
 #[tokio::test]

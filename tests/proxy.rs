@@ -106,6 +106,28 @@ async fn tls_versions_follow_min_version() {
 }
 
 #[tokio::test]
+async fn head_answers_carry_no_body_over_either_protocol() {
+    let pki = Pki::new();
+    let proxy = proxy_to(&pki, "builtin:echo", "").await;
+    let h1 = pki.client(proxy.addr).http1_only().build().unwrap();
+    let h2 = pki.client(proxy.addr).http2_prior_knowledge().build().unwrap();
+    for client in [h1, h2] {
+        // Our own echo and our own 404 page both have a body for GET.
+        for (path, status) in [("/x", 200), ("/.sallyport/nothing", 404)] {
+            let response = client.head(url(proxy.addr, path)).send().await.unwrap();
+            assert_eq!(response.status(), status, "{path}");
+            let length: u64 = response.headers()["content-length"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(length > 0, "HEAD reports the GET length");
+            assert!(response.bytes().await.unwrap().is_empty());
+        }
+    }
+}
+
+#[tokio::test]
 async fn builtin_echo_reports_the_forwarded_request() {
     let pki = Pki::new();
     let proxy = proxy_to(&pki, "builtin:echo", "").await;

@@ -171,7 +171,8 @@ oidc_setup() {
         IDP_AT_TTL=$oidc_at_ttl node "$dir/node/idp.mjs" >"$dir/idp.log" 2>&1 &
     oidc_idp_pid=$!
     local up=
-    for _ in $(seq 1 100); do
+    # A cold first start (module loading, an RSA key) can take several seconds.
+    for _ in $(seq 1 300); do
         grep -q '^ready ' "$dir/idp.log" 2>/dev/null && { up=1; break; }
         kill -0 "$oidc_idp_pid" 2>/dev/null || break
         sleep 0.1
