@@ -24,8 +24,8 @@ use tokio::time::Instant;
 
 use crate::auth::oidc::{self, FlowError};
 use crate::auth::{Authenticated, Authenticator, Credential, Rejection, Scheme};
-use crate::clock::WallClock;
 use crate::client_ip::{client_ip, is_trusted};
+use crate::clock::WallClock;
 use crate::config::{Config, Cors, IdentityHeaders, RouteAuth};
 use crate::forward_auth;
 use crate::policy::{Denied, Policy};
@@ -437,9 +437,11 @@ impl Gate {
                 }
                 trace.auth = rejection.reason();
                 let needs_login = matches!(rejection, Rejection::Missing | Rejection::Session(_));
-                if let (true, Some(rd), Some(oidc)) = (needs_login, login_return, self.auth.oidc()) {
-                    let location = HeaderValue::from_str(&oidc.login_url(rd))
-                        .map_err(|_| Failure::BadRequest("The request target is not a valid URL."))?;
+                if let (true, Some(rd), Some(oidc)) = (needs_login, login_return, self.auth.oidc())
+                {
+                    let location = HeaderValue::from_str(&oidc.login_url(rd)).map_err(|_| {
+                        Failure::BadRequest("The request target is not a valid URL.")
+                    })?;
                     return Err(Failure::LoginRequired { location });
                 }
                 Err(Failure::Unauthenticated(
@@ -480,7 +482,10 @@ impl Gate {
 /// own pages and `builtin:echo` have bodies, so it is dropped here for every HEAD.
 fn without_body(response: &mut Response<ProxyBody>) {
     use hyper::body::Body;
-    if !response.headers().contains_key(http::header::CONTENT_LENGTH) {
+    if !response
+        .headers()
+        .contains_key(http::header::CONTENT_LENGTH)
+    {
         if let Some(length) = response.body().size_hint().exact() {
             response
                 .headers_mut()

@@ -210,6 +210,31 @@ fn check(path: &Path) -> ExitCode {
             },
         );
     }
+    if let Some(oidc) = &config.auth.oidc {
+        println!(
+            "  oidc:   issuer {}, client {} ({}), scopes {}",
+            oidc.issuer,
+            oidc.client_id,
+            if oidc.client_secret.is_some() {
+                "confidential"
+            } else {
+                "public, PKCE only"
+            },
+            oidc.scopes.join(" "),
+        );
+        println!(
+            "          redirect_uri {}/.sallyport/callback; sessions in {}, idle {}, max {}; Bearer audiences {}",
+            oidc.public_url.to_string().trim_end_matches('/'),
+            if oidc.session_store.is_some() {
+                "Redis"
+            } else {
+                "encrypted cookies"
+            },
+            humantime::format_duration(oidc.session_idle),
+            humantime::format_duration(oidc.session_max),
+            oidc.audiences.join(", "),
+        );
+    }
     println!("  routes:");
     for line in RouteTable::describe(&config.routes) {
         println!("    {line}");

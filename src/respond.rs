@@ -275,7 +275,10 @@ pub fn failure_response(
 }
 
 /// A 302 from one of our own endpoints (login, callback, logout), with its cookies.
-pub fn redirect(location: &str, set_cookies: Vec<HeaderValue>) -> Result<Response<ProxyBody>, Failure> {
+pub fn redirect(
+    location: &str,
+    set_cookies: Vec<HeaderValue>,
+) -> Result<Response<ProxyBody>, Failure> {
     let location = HeaderValue::from_str(location)
         .map_err(|_| Failure::BadRequest("The redirect target is not a valid URL."))?;
     let mut response = Response::new(full_body(Bytes::new()));

@@ -11,7 +11,7 @@ use common::tokens::*;
 use common::*;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 

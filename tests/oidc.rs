@@ -99,7 +99,9 @@ impl Idp {
             token_requests: Arc::default(),
             refresh_grants: Arc::default(),
             refresh_reuse: Arc::default(),
-            hold: Arc::new(tokio::sync::Semaphore::new(tokio::sync::Semaphore::MAX_PERMITS)),
+            hold: Arc::new(tokio::sync::Semaphore::new(
+                tokio::sync::Semaphore::MAX_PERMITS,
+            )),
         };
         *cell.lock().unwrap() = Some(idp.clone());
         idp
@@ -150,9 +152,8 @@ impl Idp {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
                 let body = req.into_body().collect().await.unwrap().to_bytes();
-                let form: HashMap<String, String> = form_urlencoded::parse(&body)
-                    .into_owned()
-                    .collect();
+                let form: HashMap<String, String> =
+                    form_urlencoded::parse(&body).into_owned().collect();
                 self.token_requests.fetch_add(1, Ordering::SeqCst);
                 let _held = self.hold.acquire().await.unwrap();
                 let (status, body) = self.token(basic.as_deref(), &form);
@@ -273,7 +274,10 @@ impl Idp {
         let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
         assert_eq!(q["response_type"], "code");
         assert_eq!(q["client_id"], CLIENT_ID);
-        assert_eq!(q["redirect_uri"], format!("{PUBLIC_URL}/.sallyport/callback"));
+        assert_eq!(
+            q["redirect_uri"],
+            format!("{PUBLIC_URL}/.sallyport/callback")
+        );
         assert_eq!(q["code_challenge_method"], "S256");
         assert_eq!(q["code_challenge"].len(), 43);
         assert!(q["scope"].split(' ').any(|s| s == "openid"));
@@ -534,19 +538,32 @@ async fn a_browser_logs_in_at_the_idp_and_lands_back_with_its_identity() {
         "the login cookie is cleared: {:?}",
         callback.set_cookies
     );
-    assert!(!browser.cookies.lock().unwrap().keys().any(|k| k.contains("login")));
+    assert!(
+        !browser
+            .cookies
+            .lock()
+            .unwrap()
+            .keys()
+            .any(|k| k.contains("login"))
+    );
 
     // The upstream sees who it is, and nothing the client claimed.
     let page = browser
         .send(
             "/app/page?x=1",
             "text/html",
-            &[("x-forwarded-user", "mallory"), ("x-forwarded-email", "m@evil.test")],
+            &[
+                ("x-forwarded-user", "mallory"),
+                ("x-forwarded-email", "m@evil.test"),
+            ],
         )
         .await;
     assert_eq!(page.status, 200, "{}", page.body);
     let upstream = seen(&page);
-    assert_eq!(seen_header(&upstream, "x-forwarded-user").as_deref(), Some("alice"));
+    assert_eq!(
+        seen_header(&upstream, "x-forwarded-user").as_deref(),
+        Some("alice")
+    );
     assert_eq!(
         seen_header(&upstream, "x-forwarded-email").as_deref(),
         Some("alice@example.com")
@@ -581,17 +598,16 @@ async fn forward_auth_takes_the_session_cookie_and_sends_browsers_to_log_in() {
         ("x-forwarded-method", "GET"),
     ];
     // Traefik and Caddy pass our answer to the browser: a redirect to the login works.
-    let answer = browser.send("/.sallyport/auth", "text/html", &traefik).await;
+    let answer = browser
+        .send("/.sallyport/auth", "text/html", &traefik)
+        .await;
     assert_eq!(answer.status, 302);
     assert_eq!(
         answer.location.as_deref(),
         Some("https://app.test/.sallyport/login?rd=%2Fdocs%2Fpage%3Fa%3D1")
     );
     // For another host the return target is absolute (honoured only if allowed).
-    let other = [
-        ("x-forwarded-host", "wiki.test"),
-        ("x-forwarded-uri", "/w"),
-    ];
+    let other = [("x-forwarded-host", "wiki.test"), ("x-forwarded-uri", "/w")];
     let answer = browser.send("/.sallyport/auth", "text/html", &other).await;
     assert_eq!(
         answer.location.as_deref(),
@@ -607,8 +623,13 @@ async fn forward_auth_takes_the_session_cookie_and_sends_browsers_to_log_in() {
         .page("/.sallyport/login?rd=https%3A%2F%2Fapp.test%2Fdocs%2Fpage%3Fa%3D1")
         .await;
     let callback = site.idp.authorize(&to_idp.location.unwrap(), "alice");
-    let done = browser.page(&format!("/.sallyport/callback?{callback}")).await;
-    assert_eq!(done.location.as_deref(), Some("https://app.test/docs/page?a=1"));
+    let done = browser
+        .page(&format!("/.sallyport/callback?{callback}"))
+        .await;
+    assert_eq!(
+        done.location.as_deref(),
+        Some("https://app.test/docs/page?a=1")
+    );
 
     for headers in [&traefik[..], &nginx[..]] {
         let answer = browser.send("/.sallyport/auth", "text/html", headers).await;
@@ -624,7 +645,10 @@ async fn forward_auth_takes_the_session_cookie_and_sends_browsers_to_log_in() {
         .unwrap();
     assert_eq!(allowed.status(), 200);
     assert_eq!(allowed.headers()["x-auth-request-user"], "alice");
-    assert_eq!(allowed.headers()["x-auth-request-email"], "alice@example.com");
+    assert_eq!(
+        allowed.headers()["x-auth-request-email"],
+        "alice@example.com"
+    );
 }
 
 #[tokio::test]
@@ -652,7 +676,10 @@ async fn tokens_from_the_same_idp_are_accepted_as_bearer() {
     let ok = call(token).await;
     assert_eq!(ok.status(), 200);
     let seen: Value = ok.json().await.unwrap();
-    assert_eq!(seen_header(&seen, "x-forwarded-user").as_deref(), Some("robot"));
+    assert_eq!(
+        seen_header(&seen, "x-forwarded-user").as_deref(),
+        Some("robot")
+    );
 
     // Another audience: refused with the RFC 6750 answer, not sent to a login page.
     let mut other = claims.clone();
@@ -674,7 +701,12 @@ async fn callback_abuse_is_a_400_and_never_a_session() {
             .any(|c| c.starts_with("__Host-sallyport_session") && !c.contains("Max-Age=0"))
     };
 
-    for query in ["", "?code=abc", "?state=&code=abc", "?state=made-up&code=abc"] {
+    for query in [
+        "",
+        "?code=abc",
+        "?state=&code=abc",
+        "?state=made-up&code=abc",
+    ] {
         let answer = browser.page(&format!("/.sallyport/callback{query}")).await;
         assert_eq!(answer.status, 400, "{query}: {}", answer.body);
         assert!(no_session(&answer));
@@ -702,10 +734,11 @@ async fn callback_abuse_is_a_400_and_never_a_session() {
     let tampered = site.browser();
     let mut value = login_cookie.1.clone().into_bytes();
     value[20] = if value[20] == b'A' { b'B' } else { b'A' };
-    tampered.cookies.lock().unwrap().insert(
-        login_cookie.0.clone(),
-        String::from_utf8(value).unwrap(),
-    );
+    tampered
+        .cookies
+        .lock()
+        .unwrap()
+        .insert(login_cookie.0.clone(), String::from_utf8(value).unwrap());
     let answer = tampered
         .page(&format!("/.sallyport/callback?{callback}"))
         .await;
@@ -721,13 +754,18 @@ async fn callback_abuse_is_a_400_and_never_a_session() {
         .extend_pairs(params.iter())
         .finish();
     assert_eq!(
-        browser.page(&format!("/.sallyport/callback?{swapped}")).await.status,
+        browser
+            .page(&format!("/.sallyport/callback?{swapped}"))
+            .await
+            .status,
         400
     );
 
     // The real one completes once; a replay (same cookie kept by an attacker) does not.
     let kept = browser.cookies.lock().unwrap().clone();
-    let done = browser.page(&format!("/.sallyport/callback?{callback}")).await;
+    let done = browser
+        .page(&format!("/.sallyport/callback?{callback}"))
+        .await;
     assert_eq!(done.status, 302, "{}", done.body);
     let replayer = site.browser();
     *replayer.cookies.lock().unwrap() = kept;
@@ -759,7 +797,9 @@ async fn callback_abuse_is_a_400_and_never_a_session() {
     let at_idp = browser.start_login("/c").await;
     let callback = site.idp.authorize(&at_idp, "alice");
     site.clock.advance(11 * 60);
-    let late = browser.page(&format!("/.sallyport/callback?{callback}")).await;
+    let late = browser
+        .page(&format!("/.sallyport/callback?{callback}"))
+        .await;
     assert_eq!(late.status, 400);
     assert!(no_session(&late));
 }
@@ -804,7 +844,11 @@ async fn several_tabs_can_log_in_at_once() {
     let second = browser.start_login("/two?tab=2").await;
     let third = browser.start_login("/three").await;
     // Completed in another order than started.
-    for (at_idp, lands_on) in [(second, "/two?tab=2"), (first, "/one?tab=1"), (third, "/three")] {
+    for (at_idp, lands_on) in [
+        (second, "/two?tab=2"),
+        (first, "/one?tab=1"),
+        (third, "/three"),
+    ] {
         let callback = site.idp.authorize(&at_idp, "alice");
         let answer = browser
             .page(&format!("/.sallyport/callback?{callback}"))
@@ -830,7 +874,9 @@ async fn hostile_return_targets_land_on_the_root() {
         ("/fine?x=1", "/fine?x=1"),
     ] {
         let rd_query = form_urlencoded::byte_serialize(rd.as_bytes()).collect::<String>();
-        let to_idp = browser.page(&format!("/.sallyport/login?rd={rd_query}")).await;
+        let to_idp = browser
+            .page(&format!("/.sallyport/login?rd={rd_query}"))
+            .await;
         assert_eq!(to_idp.status, 302);
         let callback = site.idp.authorize(&to_idp.location.unwrap(), "alice");
         let answer = browser
@@ -942,7 +988,11 @@ async fn large_sessions_are_split_into_chunks_below_4kb() {
     assert_eq!(answer.status, 302, "{}", answer.body);
     let chunks = browser.session_cookies();
     assert!(chunks.len() >= 2, "{chunks:?}");
-    assert!(chunks.iter().all(|c| c.starts_with("__Host-sallyport_session_")));
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c.starts_with("__Host-sallyport_session_"))
+    );
     for c in &answer.set_cookies {
         assert!(c.len() < 4000, "a cookie of {} bytes", c.len());
     }
@@ -1016,7 +1066,11 @@ async fn logout_clears_the_session_and_ends_the_idp_session() {
     assert_eq!(answer.status, 302);
     let location = reqwest::Url::parse(&answer.location.unwrap()).unwrap();
     assert_eq!(
-        format!("{}{}", location.origin().ascii_serialization(), location.path()),
+        format!(
+            "{}{}",
+            location.origin().ascii_serialization(),
+            location.path()
+        ),
         format!("{}/logout", site.idp.issuer)
     );
     let q: HashMap<String, String> = location.query_pairs().into_owned().collect();
@@ -1083,10 +1137,14 @@ fn oidc_settings_are_validated() {
             "[server]\nlisten = [\"127.0.0.1:0\"]\n{server}\n[auth.oidc]\n{oidc}\n[[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\n"
         )
     };
-    let ok_oidc = "issuer = \"https://idp.test\"\nclient_id = \"c\"\ncookie_secret_file = \"secret\"";
+    let ok_oidc =
+        "issuer = \"https://idp.test\"\nclient_id = \"c\"\ncookie_secret_file = \"secret\"";
     let cases = [
         (base("", ok_oidc), "server.public_url"),
-        (base("public_url = \"http://app.example.com\"", ok_oidc), "server.public_url"),
+        (
+            base("public_url = \"http://app.example.com\"", ok_oidc),
+            "server.public_url",
+        ),
         (
             base(
                 "public_url = \"https://app.test\"",
@@ -1102,7 +1160,10 @@ fn oidc_settings_are_validated() {
             "auth.oidc.cookie_secret_file",
         ),
         (
-            base("public_url = \"https://app.test\"", "issuer = \"https://idp.test\"\ncookie_secret_file = \"secret\""),
+            base(
+                "public_url = \"https://app.test\"",
+                "issuer = \"https://idp.test\"\ncookie_secret_file = \"secret\"",
+            ),
             "auth.oidc.client_id",
         ),
         (
@@ -1127,7 +1188,10 @@ fn oidc_settings_are_validated() {
             "auth.oidc.algorithms",
         ),
         (
-            base("public_url = \"https://app.test\"", &format!("{ok_oidc}\nunknown = 1")),
+            base(
+                "public_url = \"https://app.test\"",
+                &format!("{ok_oidc}\nunknown = 1"),
+            ),
             "unknown",
         ),
     ];
@@ -1145,5 +1209,61 @@ fn oidc_settings_are_validated() {
     std::fs::write(&path, base("public_url = \"https://app.test\"", ok_oidc)).unwrap();
     let config = sallyport::config::Config::load(&path).unwrap();
     let debug = format!("{config:?}");
-    assert!(!debug.contains(&"s".repeat(40)), "the cookie secret is redacted");
+    assert!(
+        !debug.contains(&"s".repeat(40)),
+        "the cookie secret is redacted"
+    );
+}
+
+/// Run by `tests/interop/30-throttle-redis.sh` against its real redis-server
+/// (`SALLYPORT_TEST_REDIS=redis://...`); plain `cargo test` has no Redis to offer.
+#[tokio::test]
+#[ignore = "needs redis-server: tests/interop/30-throttle-redis.sh runs it"]
+async fn redis_sessions_keep_cookies_small_and_logout_revokes_them() {
+    let redis = std::env::var("SALLYPORT_TEST_REDIS").expect("SALLYPORT_TEST_REDIS");
+    let pki = Pki::new();
+    let idp = Idp::start(&pki).await;
+    idp.knobs.groups.store(120, Ordering::SeqCst);
+    let site = Site::start_with(pki, idp, &format!("session_store = {redis:?}")).await;
+    let browser = site.browser();
+    assert_eq!(browser.log_in(&site.idp, "/", "alice").await.status, 302);
+    let cookies = browser.session_cookies();
+    assert_eq!(cookies, ["__Host-sallyport_session"], "one small cookie");
+    let value = browser.cookies.lock().unwrap()["__Host-sallyport_session"].clone();
+    assert!(
+        value.len() < 200,
+        "a reference, not the session: {} bytes",
+        value.len()
+    );
+    let page = browser.api("/").await;
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        seen_header(&seen(&page), "x-forwarded-user").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        seen(&browser.api("/.sallyport/userinfo").await)["groups"]
+            .as_array()
+            .unwrap()
+            .len(),
+        120
+    );
+
+    // Idle expiry is enforced as with cookies.
+    site.clock.advance(25 * 60);
+    assert_eq!(browser.api("/").await.status, 200);
+
+    // A copy of the cookie taken before logout is worthless afterwards.
+    let copy = site.browser();
+    *copy.cookies.lock().unwrap() = browser.cookies.lock().unwrap().clone();
+    assert_eq!(copy.api("/").await.status, 200);
+    assert_eq!(browser.page("/.sallyport/logout").await.status, 302);
+    assert_eq!(copy.api("/").await.status, 401);
+
+    // A second login is a new session with a new reference.
+    assert_eq!(browser.log_in(&site.idp, "/", "alice").await.status, 302);
+    let again = browser.cookies.lock().unwrap()["__Host-sallyport_session"].clone();
+    assert_ne!(again, value);
+    site.clock.advance(31 * 60);
+    assert_eq!(browser.api("/").await.status, 401);
 }

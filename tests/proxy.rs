@@ -110,7 +110,11 @@ async fn head_answers_carry_no_body_over_either_protocol() {
     let pki = Pki::new();
     let proxy = proxy_to(&pki, "builtin:echo", "").await;
     let h1 = pki.client(proxy.addr).http1_only().build().unwrap();
-    let h2 = pki.client(proxy.addr).http2_prior_knowledge().build().unwrap();
+    let h2 = pki
+        .client(proxy.addr)
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
     for client in [h1, h2] {
         // Our own echo and our own 404 page both have a body for GET.
         for (path, status) in [("/x", 200), ("/.sallyport/nothing", 404)] {

@@ -79,7 +79,11 @@ impl KeyRing {
         let jwks = match &config.jwks {
             Some(source) => {
                 let client = IdpClient::new(&source.extra_roots, "auth.jwt.jwks_ca")?;
-                Some(Fetcher::new(client, Some(source.url.clone()), source.refresh))
+                Some(Fetcher::new(
+                    client,
+                    Some(source.url.clone()),
+                    source.refresh,
+                ))
             }
             None => None,
         };

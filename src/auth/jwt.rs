@@ -270,7 +270,11 @@ impl JwtAuth {
     }
 
     /// The identity claims name, mapped by `claims` and `[headers] extra`.
-    pub(crate) fn identity(&self, claims: &Value, scheme: Scheme) -> Result<Authenticated, TokenError> {
+    pub(crate) fn identity(
+        &self,
+        claims: &Value,
+        scheme: Scheme,
+    ) -> Result<Authenticated, TokenError> {
         let user = claim(claims, &self.claims.user)
             .and_then(scalar_string)
             .filter(|u| !u.is_empty())

@@ -235,7 +235,10 @@ impl Authenticator {
     }
 
     /// Checks a session cookie; the response must carry `set_cookies` either way.
-    pub async fn session(&self, headers: &HeaderMap) -> (Result<Authenticated, Rejection>, Vec<http::HeaderValue>) {
+    pub async fn session(
+        &self,
+        headers: &HeaderMap,
+    ) -> (Result<Authenticated, Rejection>, Vec<http::HeaderValue>) {
         let Some(oidc) = &self.oidc else {
             return (Err(Rejection::Missing), Vec::new());
         };
@@ -278,7 +281,11 @@ impl Authenticator {
     pub fn credential(&self, headers: &HeaderMap) -> Credential {
         let mut fields = headers.get_all(AUTHORIZATION).iter();
         let Some(field) = fields.next() else {
-            if self.oidc.as_ref().is_some_and(|o| o.has_session_cookie(headers)) {
+            if self
+                .oidc
+                .as_ref()
+                .is_some_and(|o| o.has_session_cookie(headers))
+            {
                 return Credential::Session;
             }
             return Credential::Missing;

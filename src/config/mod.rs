@@ -682,7 +682,11 @@ impl Validator<'_> {
         }
     }
 
-    fn ca_roots(&mut self, raw: &Option<Spanned<String>>, key: &str) -> Vec<CertificateDer<'static>> {
+    fn ca_roots(
+        &mut self,
+        raw: &Option<Spanned<String>>,
+        key: &str,
+    ) -> Vec<CertificateDer<'static>> {
         let Some(ca) = raw else { return Vec::new() };
         let Some(path) = self.file(ca, key) else {
             return Vec::new();
@@ -701,8 +705,8 @@ impl Validator<'_> {
         let span = raw.span();
         let raw = raw.into_inner();
         let before = self.errors.len();
-        let required = |this: &mut Self, value: &Option<Spanned<String>>, key: &str, what: &str| {
-            match value {
+        let required =
+            |this: &mut Self, value: &Option<Spanned<String>>, key: &str, what: &str| match value {
                 Some(v) if !v.get_ref().trim().is_empty() => Some(v.get_ref().trim().to_string()),
                 Some(v) => {
                     this.fail(span_of(v), key, "must not be empty");
@@ -712,9 +716,13 @@ impl Validator<'_> {
                     this.fail(Some(span.clone()), key, format!("missing: {what}"));
                     None
                 }
-            }
-        };
-        let issuer = required(self, &raw.issuer, "auth.oidc.issuer", "the IdP's issuer URL, e.g. \"https://idp.example.com\"");
+            };
+        let issuer = required(
+            self,
+            &raw.issuer,
+            "auth.oidc.issuer",
+            "the IdP's issuer URL, e.g. \"https://idp.example.com\"",
+        );
         let discovery_url = issuer.as_deref().and_then(|issuer| {
             let valid = issuer
                 .parse::<Uri>()
@@ -742,7 +750,12 @@ impl Validator<'_> {
             }
         });
         let extra_roots = self.ca_roots(&raw.issuer_ca, "auth.oidc.issuer_ca");
-        let client_id = required(self, &raw.client_id, "auth.oidc.client_id", "the client id registered at the IdP");
+        let client_id = required(
+            self,
+            &raw.client_id,
+            "auth.oidc.client_id",
+            "the client id registered at the IdP",
+        );
         let client_secret = raw.client_secret_file.as_ref().and_then(|f| {
             self.secret_file(f, "auth.oidc.client_secret_file", 1, "the file is empty")
         });
@@ -777,7 +790,11 @@ impl Validator<'_> {
                             scopes.push(text.to_string());
                         }
                     } else {
-                        self.fail(span_of(s), "auth.oidc.scopes", "a scope is one printable word");
+                        self.fail(
+                            span_of(s),
+                            "auth.oidc.scopes",
+                            "a scope is one printable word",
+                        );
                     }
                 }
                 if !scopes.iter().any(|s| s == "openid") {
@@ -825,7 +842,10 @@ impl Validator<'_> {
             "auth.oidc.algorithms",
             jsonwebtoken::Algorithm::RS256,
         );
-        if algorithms.iter().any(|a| a.family() == AlgorithmFamily::Hmac) {
+        if algorithms
+            .iter()
+            .any(|a| a.family() == AlgorithmFamily::Hmac)
+        {
             self.fail(
                 raw.algorithms.as_ref().and_then(span_of),
                 "auth.oidc.algorithms",
@@ -844,7 +864,11 @@ impl Validator<'_> {
         if raw.audiences.is_none() {
             audiences.extend(client_id.clone());
         }
-        let leeway = self.duration(raw.leeway.clone(), "auth.oidc.leeway", Duration::from_secs(30));
+        let leeway = self.duration(
+            raw.leeway.clone(),
+            "auth.oidc.leeway",
+            Duration::from_secs(30),
+        );
         let mut allowed_redirect_hosts = Vec::new();
         for h in raw.allowed_redirect_hosts.iter().flatten() {
             let text = h.get_ref().trim().to_ascii_lowercase();

@@ -130,5 +130,17 @@ expect "after recovery, the budget is shared again" "$(status "$addr_a" 127.0.0.
 
 SP_PID=$pid_a; stop_sallyport || true
 SP_PID=$pid_b; stop_sallyport || true
+
+# OIDC sessions in the same Redis (session_store): the cargo test plays the IdP and the
+# browser, this real redis-server holds the sessions.
+if SALLYPORT_TEST_REDIS="redis://127.0.0.1:$redis_port/1" \
+    cargo test --quiet --test oidc -- --ignored --exact \
+    redis_sessions_keep_cookies_small_and_logout_revokes_them >"$dir/redis-sessions.log" 2>&1 &&
+    grep -q ' 1 passed' "$dir/redis-sessions.log"; then
+    pass "OIDC sessions in Redis: small cookie, idle expiry, logout revokes copies, new login new reference"
+else
+    cat "$dir/redis-sessions.log"
+    fail "OIDC sessions in Redis: small cookie, idle expiry, logout revokes copies, new login new reference"
+fi
 kill -TERM "$REDIS_PID" 2>/dev/null || true
 wait "$REDIS_PID" 2>/dev/null || true

@@ -50,7 +50,8 @@ impl CookieJar {
 
     pub fn set(&self, name: &str, value: &str, max_age: u64) -> HeaderValue {
         let secure = if self.secure { "; Secure" } else { "" };
-        let text = format!("{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}");
+        let text =
+            format!("{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}");
         // Names are ours and values base64url: always a valid header value.
         HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
@@ -189,10 +190,19 @@ mod tests {
         let set = jar.store_session("small", 60, &cookies).unwrap();
         let text: Vec<&str> = set.iter().map(|v| v.to_str().unwrap()).collect();
         assert!(text[0].starts_with("__Host-sallyport_session=small;"));
-        assert!(text.iter().any(|t| t.starts_with("__Host-sallyport_session_0=;") && t.contains("Max-Age=0")));
-        assert!(text.iter().any(|t| t.starts_with("__Host-sallyport_session_1=;")));
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("__Host-sallyport_session_0=;") && t.contains("Max-Age=0"))
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("__Host-sallyport_session_1=;"))
+        );
         assert_eq!(text.len(), 3);
-        assert!(jar.store_session(&"y".repeat(CHUNK_BYTES * MAX_CHUNKS + 1), 60, &[]).is_none());
+        assert!(
+            jar.store_session(&"y".repeat(CHUNK_BYTES * MAX_CHUNKS + 1), 60, &[])
+                .is_none()
+        );
     }
 
     #[test]

@@ -82,8 +82,8 @@ impl Discovery {
 
     async fn discover(&self) -> Result<(), String> {
         let body = self.client.get_json(&self.url).await?;
-        let document: Document = serde_json::from_slice(&body)
-            .map_err(|e| format!("not a discovery document: {e}"))?;
+        let document: Document =
+            serde_json::from_slice(&body).map_err(|e| format!("not a discovery document: {e}"))?;
         // OIDC Discovery 4.3: the issuer must be exactly the one we asked about, or a
         // compromised or confused document could make us accept another IdP's tokens.
         if document.issuer != self.issuer {

@@ -143,7 +143,6 @@ pub struct Oidc {
     discovery: Arc<Discovery>,
     id_tokens: TokenVerifier,
     bearer: JwtAuth,
-    sessions: Sealer,
     logins: Sealer,
     jar: CookieJar,
     store: Store,
@@ -191,6 +190,7 @@ impl Oidc {
         let bearer = JwtAuth::with_keys(&bearer_config, headers, keys);
         let redirects = RedirectPolicy::new(&config.public_url, &config.allowed_redirect_hosts);
         let secret = config.cookie_secret.expose();
+        let jar = CookieJar::new(config.public_url.scheme_str() == Some("https"));
         Ok(Oidc {
             issuer: config.issuer.clone(),
             client_id: config.client_id.clone(),
@@ -203,10 +203,13 @@ impl Oidc {
             discovery,
             id_tokens,
             bearer,
-            sessions: Sealer::new(secret, "session v1")?,
             logins: Sealer::new(secret, "login v1")?,
-            jar: CookieJar::new(config.public_url.scheme_str() == Some("https")),
-            store: Store::new(config.session_store.as_ref())?,
+            store: Store::new(
+                config.session_store.as_ref(),
+                Sealer::new(secret, "session v1")?,
+                jar.clone(),
+            )?,
+            jar,
             redirects,
             used_states: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -247,7 +250,9 @@ impl Oidc {
     /// host, else an absolute URL (honoured only for allowed hosts).
     pub fn return_target(&self, proto: &str, host: Option<&str>, path_and_query: &str) -> String {
         match host {
-            Some(h) if !self.redirects.is_public_host(h) => format!("{proto}://{h}{path_and_query}"),
+            Some(h) if !self.redirects.is_public_host(h) => {
+                format!("{proto}://{h}{path_and_query}")
+            }
             _ => path_and_query.to_string(),
         }
     }
@@ -258,18 +263,17 @@ impl Oidc {
             outcome: SessionOutcome::Rejected(problem),
             set_cookies: self.jar.clear_session(&cookies),
         };
-        let (mut session, reference) =
-            match self.store.load(&self.sessions, &self.jar, &cookies).await {
-                Err(_) => {
-                    return SessionCheck {
-                        outcome: SessionOutcome::Unavailable,
-                        set_cookies: Vec::new(),
-                    };
-                }
-                Ok(Loaded::None | Loaded::Gone) => return rejected(SessionProblem::Gone),
-                Ok(Loaded::Tampered) => return rejected(SessionProblem::Tampered),
-                Ok(Loaded::Found(session, reference)) => (session, reference),
-            };
+        let (mut session, reference) = match self.store.load(&cookies).await {
+            Err(_) => {
+                return SessionCheck {
+                    outcome: SessionOutcome::Unavailable,
+                    set_cookies: Vec::new(),
+                };
+            }
+            Ok(Loaded::None | Loaded::Gone) => return rejected(SessionProblem::Gone),
+            Ok(Loaded::Tampered) => return rejected(SessionProblem::Tampered),
+            Ok(Loaded::Found(session, reference)) => (session, reference),
+        };
         let now = self.clock.now();
         let expired = if now >= session.created_at.saturating_add(self.max) {
             Some(SessionProblem::Expired)
@@ -332,18 +336,13 @@ impl Oidc {
         cookies: &[(&str, &str)],
     ) -> Result<Vec<HeaderValue>, StoreError> {
         let now = self.clock.now();
-        let remaining = session.created_at.saturating_add(self.max).saturating_sub(now);
+        let remaining = session
+            .created_at
+            .saturating_add(self.max)
+            .saturating_sub(now);
         let ttl = remaining.min(self.idle);
         self.store
-            .save(
-                &self.sessions,
-                &self.jar,
-                session,
-                reference,
-                ttl,
-                remaining,
-                cookies,
-            )
+            .save(session, reference, ttl, remaining, cookies)
             .await
     }
 
@@ -393,7 +392,9 @@ impl Oidc {
                         return None;
                     }
                 };
-                let old_sub = self.claims_of(&session.id_token).and_then(|c| c.get("sub").cloned());
+                let old_sub = self
+                    .claims_of(&session.id_token)
+                    .and_then(|c| c.get("sub").cloned());
                 if claims.get("sub") != old_sub.as_ref() {
                     tracing::warn!(target: "sallyport::oidc", sid = %session.sid, "refreshed ID token names another subject");
                     return None;
@@ -477,7 +478,9 @@ impl Oidc {
     ) -> Result<Redirect, FlowError> {
         let state = query_param(query, "state")
             .filter(|s| !s.is_empty() && s.len() <= 256)
-            .ok_or(FlowError::BadRequest("The login callback has no usable state parameter."))?;
+            .ok_or(FlowError::BadRequest(
+                "The login callback has no usable state parameter.",
+            ))?;
         let cookies = request_cookies(headers);
         let name = self.login_cookie_name(&state);
         let login: LoginState = cookies
@@ -492,7 +495,9 @@ impl Oidc {
             return Err(FlowError::BadRequest("The login state does not match."));
         }
         if self.clock.now() > login.issued_at.saturating_add(LOGIN_TTL) {
-            return Err(FlowError::BadRequest("The login took too long. Open the page you wanted again."));
+            return Err(FlowError::BadRequest(
+                "The login took too long. Open the page you wanted again.",
+            ));
         }
         let state_key = sha256(state.as_bytes());
         if self.used_states.contains_key(&state_key) {
@@ -502,13 +507,21 @@ impl Oidc {
         let mut set_cookies = vec![self.jar.clear(&name)];
 
         if let Some(error) = query_param(query, "error") {
-            let printable: String = error.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
+            let printable: String = error
+                .chars()
+                .filter(|c| c.is_ascii_graphic())
+                .take(64)
+                .collect();
             tracing::info!(target: "sallyport::oidc", error = %printable, "the identity provider ended the login with an error");
-            return Err(FlowError::BadRequest("The identity provider did not complete the login."));
+            return Err(FlowError::BadRequest(
+                "The identity provider did not complete the login.",
+            ));
         }
         // RFC 9207: when the IdP names itself, it must be ours (mix-up attacks).
         if query_param(query, "iss").is_some_and(|iss| iss != self.issuer) {
-            return Err(FlowError::BadRequest("The login response comes from another issuer."));
+            return Err(FlowError::BadRequest(
+                "The login response comes from another issuer.",
+            ));
         }
         let code = query_param(query, "code")
             .filter(|c| !c.is_empty())
@@ -529,9 +542,9 @@ impl Oidc {
                 ),
             }
         })?;
-        let id_token = response
-            .id_token
-            .ok_or(FlowError::BadRequest("The identity provider returned no ID token."))?;
+        let id_token = response.id_token.ok_or(FlowError::BadRequest(
+            "The identity provider returned no ID token.",
+        ))?;
         let claims = self.verify_id_token(&id_token, &login.nonce).await?;
         let now = self.clock.now();
         let session = Session {
@@ -581,7 +594,9 @@ impl Oidc {
             .is_some_and(|n| bool::from(n.as_bytes().ct_eq(nonce.as_bytes())));
         if !nonce_ok {
             tracing::warn!(target: "sallyport::oidc", "ID token nonce does not match the login");
-            return Err(FlowError::BadRequest("The ID token does not belong to this login."));
+            return Err(FlowError::BadRequest(
+                "The ID token does not belong to this login.",
+            ));
         }
         // OIDC Core 3.1.3.7: with several audiences there must be an azp, and an azp must
         // be us.
@@ -591,10 +606,14 @@ impl Oidc {
             .is_some_and(|a| a.len() > 1);
         match claims.get("azp").and_then(Value::as_str) {
             Some(azp) if azp != self.client_id => {
-                return Err(FlowError::BadRequest("The ID token was issued to another client (azp)."));
+                return Err(FlowError::BadRequest(
+                    "The ID token was issued to another client (azp).",
+                ));
             }
             None if several_audiences => {
-                return Err(FlowError::BadRequest("The ID token has several audiences and no azp."));
+                return Err(FlowError::BadRequest(
+                    "The ID token has several audiences and no azp.",
+                ));
             }
             _ => {}
         }
@@ -604,7 +623,7 @@ impl Oidc {
     /// `/.sallyport/logout`: forget the session here and, if the IdP can, there.
     pub async fn logout(&self, query: Option<&str>, headers: &HeaderMap) -> Redirect {
         let cookies = request_cookies(headers);
-        let id_token = match self.store.load(&self.sessions, &self.jar, &cookies).await {
+        let id_token = match self.store.load(&cookies).await {
             Ok(Loaded::Found(session, reference)) => {
                 let _ = self.store.delete(&reference).await;
                 tracing::info!(target: "sallyport::oidc", sid = %session.sid, "logout");
@@ -613,7 +632,11 @@ impl Oidc {
             _ => None,
         };
         let target = self.redirects.target(query_param(query, "rd").as_deref());
-        let location = match self.discovery.metadata().and_then(|m| m.end_session_endpoint.clone()) {
+        let location = match self
+            .discovery
+            .metadata()
+            .and_then(|m| m.end_session_endpoint.clone())
+        {
             Some(end_session) => {
                 let mut params = form_urlencoded::Serializer::new(String::new());
                 if let Some(hint) = &id_token {
@@ -621,7 +644,10 @@ impl Oidc {
                 }
                 params
                     .append_pair("client_id", &self.client_id)
-                    .append_pair("post_logout_redirect_uri", &self.redirects.absolute(&target));
+                    .append_pair(
+                        "post_logout_redirect_uri",
+                        &self.redirects.absolute(&target),
+                    );
                 with_query(&end_session.to_string(), &params.finish())
             }
             None => target,
@@ -648,15 +674,19 @@ impl Oidc {
                     form_urlencoded::byte_serialize(secret).collect::<String>()
                 );
                 let value = format!("Basic {}", Base64::encode_string(pair.as_bytes()));
-                let mut value = HeaderValue::from_str(&value)
-                    .map_err(|_| TokenRequestError::Refused("client credentials are not header-safe".into()))?;
+                let mut value = HeaderValue::from_str(&value).map_err(|_| {
+                    TokenRequestError::Refused("client credentials are not header-safe".into())
+                })?;
                 value.set_sensitive(true);
                 authorization = Some(value);
             }
             ClientAuth::Post => {
                 let secret = self.client_secret.as_ref().map_or(&[][..], Secret::expose);
                 form.push(("client_id", self.client_id.clone()));
-                form.push(("client_secret", String::from_utf8_lossy(secret).into_owned()));
+                form.push((
+                    "client_secret",
+                    String::from_utf8_lossy(secret).into_owned(),
+                ));
             }
             ClientAuth::None => {
                 form.push(("client_id", self.client_id.clone()));
@@ -675,7 +705,11 @@ impl Oidc {
             // trusted into the log.
             let code = serde_json::from_slice::<Value>(&response.body)
                 .ok()
-                .and_then(|v| v.get("error").and_then(Value::as_str).map(|s| s.chars().take(64).collect::<String>()))
+                .and_then(|v| {
+                    v.get("error")
+                        .and_then(Value::as_str)
+                        .map(|s| s.chars().take(64).collect::<String>())
+                })
                 .unwrap_or_default();
             return Err(TokenRequestError::Refused(format!(
                 "HTTP {} {code}",

@@ -30,7 +30,10 @@ impl RedirectPolicy {
             .map(|a| canonical_authority(&scheme, a.as_str()))
             .unwrap_or_default();
         RedirectPolicy {
-            origin: format!("{scheme}://{}", public_url.authority().map_or("", |a| a.as_str())),
+            origin: format!(
+                "{scheme}://{}",
+                public_url.authority().map_or("", |a| a.as_str())
+            ),
             scheme,
             authority,
             allowed_hosts: allowed_hosts.to_vec(),
@@ -160,7 +163,10 @@ mod tests {
     fn policy() -> RedirectPolicy {
         RedirectPolicy::new(
             &"https://app.example.com".parse().unwrap(),
-            &["other.example.com".to_string(), ".apps.example.com".to_string()],
+            &[
+                "other.example.com".to_string(),
+                ".apps.example.com".to_string(),
+            ],
         )
     }
 
@@ -172,7 +178,10 @@ mod tests {
             ("/app/page?x=1&y=%20z", "/app/page?x=1&y=%20z"),
             ("/a/b/#frag", "/a/b/#frag"),
             ("/%7Euser/", "/%7Euser/"),
-            ("https://app.example.com/x?y=1", "https://app.example.com/x?y=1"),
+            (
+                "https://app.example.com/x?y=1",
+                "https://app.example.com/x?y=1",
+            ),
             ("https://APP.example.com:443/x", "https://app.example.com/x"),
             ("https://app.example.com", "https://app.example.com/"),
             ("https://other.example.com/z", "https://other.example.com/z"),

@@ -113,7 +113,13 @@ mod tests {
             let text = Base64UrlUnpadded::encode_string(&tampered);
             assert!(sealer.open("c", &text).is_none(), "byte {i}");
         }
-        for bad in ["", "AA", "!!!!", &sealed[..sealed.len() - 1], "A".repeat(5000).as_str()] {
+        for bad in [
+            "",
+            "AA",
+            "!!!!",
+            &sealed[..sealed.len() - 1],
+            "A".repeat(5000).as_str(),
+        ] {
             assert!(sealer.open("c", bad).is_none());
         }
     }

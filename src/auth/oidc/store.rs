@@ -67,36 +67,52 @@ pub enum StoreError {
     TooLarge,
 }
 
-pub enum Store {
+pub struct Store {
+    backend: Backend,
+    sealer: Sealer,
+    jar: CookieJar,
+}
+
+enum Backend {
     Cookie,
-    Redis { link: RedisLink, prefix: String },
+    Redis {
+        link: Box<RedisLink>,
+        prefix: String,
+    },
 }
 
 impl Store {
-    pub fn new(target: Option<&RedisTarget>) -> Result<Store, String> {
-        Ok(match target {
-            None => Store::Cookie,
-            Some(t) => Store::Redis {
-                link: RedisLink::open(&t.url, REDIS_TIMEOUT)
-                    .map_err(|e| format!("auth.oidc.session_store: {e}"))?,
+    pub fn new(
+        target: Option<&RedisTarget>,
+        sealer: Sealer,
+        jar: CookieJar,
+    ) -> Result<Store, String> {
+        let backend = match target {
+            None => Backend::Cookie,
+            Some(t) => Backend::Redis {
+                link: Box::new(
+                    RedisLink::open(&t.url, REDIS_TIMEOUT)
+                        .map_err(|e| format!("auth.oidc.session_store: {e}"))?,
+                ),
                 prefix: t.prefix.clone(),
             },
+        };
+        Ok(Store {
+            backend,
+            sealer,
+            jar,
         })
     }
 
-    pub async fn load(
-        &self,
-        sealer: &Sealer,
-        jar: &CookieJar,
-        cookies: &[(&str, &str)],
-    ) -> Result<Loaded, StoreError> {
+    pub async fn load(&self, cookies: &[(&str, &str)]) -> Result<Loaded, StoreError> {
+        let (sealer, jar) = (&self.sealer, &self.jar);
         let Some(value) = jar.session_value(cookies) else {
             return Ok(Loaded::None);
         };
-        match self {
-            Store::Cookie => Ok(open_session(sealer, &jar.session, &value)
+        match &self.backend {
+            Backend::Cookie => Ok(open_session(sealer, &jar.session, &value)
                 .map_or(Loaded::Tampered, |s| Loaded::Found(s, Reference::InCookie))),
-            Store::Redis { link, prefix } => {
+            Backend::Redis { link, prefix } => {
                 let Some(reference) = sealer.open(&reference_context(jar), &value) else {
                     return Ok(Loaded::Tampered);
                 };
@@ -118,22 +134,21 @@ impl Store {
     /// response must carry (none when only the server side changed).
     pub async fn save(
         &self,
-        sealer: &Sealer,
-        jar: &CookieJar,
         session: &Session,
         reference: Option<&Reference>,
         ttl: u64,
         cookie_max_age: u64,
         cookies: &[(&str, &str)],
     ) -> Result<Vec<HeaderValue>, StoreError> {
+        let (sealer, jar) = (&self.sealer, &self.jar);
         let json = serde_json::to_vec(session).map_err(|_| StoreError::TooLarge)?;
-        match self {
-            Store::Cookie => {
+        match &self.backend {
+            Backend::Cookie => {
                 let value = sealer.seal(&jar.session, &json);
                 jar.store_session(&value, cookie_max_age, cookies)
                     .ok_or(StoreError::TooLarge)
             }
-            Store::Redis { link, prefix } => {
+            Backend::Redis { link, prefix } => {
                 let (key, set_cookies) = match reference {
                     Some(Reference::Redis(key)) => (key.clone(), Vec::new()),
                     _ => {
@@ -142,7 +157,8 @@ impl Store {
                         let mut raw = [0u8; 32];
                         aws_lc_rs::rand::fill(&mut raw).map_err(|_| StoreError::Unavailable)?;
                         let reference = Base64UrlUnpadded::encode_string(&raw);
-                        let cookie_value = sealer.seal(&reference_context(jar), reference.as_bytes());
+                        let cookie_value =
+                            sealer.seal(&reference_context(jar), reference.as_bytes());
                         let set = jar
                             .store_session(&cookie_value, cookie_max_age, cookies)
                             .ok_or(StoreError::TooLarge)?;
@@ -171,8 +187,8 @@ impl Store {
 
     /// Forgets a session server-side (cookies are cleared by the caller).
     pub async fn delete(&self, reference: &Reference) -> Result<(), StoreError> {
-        match (self, reference) {
-            (Store::Redis { link, .. }, Reference::Redis(key)) => {
+        match (&self.backend, reference) {
+            (Backend::Redis { link, .. }, Reference::Redis(key)) => {
                 redis_call(link, |mut c| {
                     let key = key.clone();
                     async move { redis::cmd("DEL").arg(&key).query_async::<()>(&mut c).await }
