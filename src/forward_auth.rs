@@ -24,8 +24,6 @@ pub struct Original {
     pub path: String,
     /// The path with its query, as the client sent it (where to return after a login).
     pub path_and_query: String,
-    /// `https` unless the proxy said otherwise.
-    pub proto: String,
     /// nginx `auth_request` cannot pass a redirect on (it wants 2xx, 401 or 403; its
     /// `auth-signin` does the redirect), whereas Traefik and Caddy hand our answer to the
     /// client as is.
@@ -69,7 +67,6 @@ pub fn original_request(headers: &HeaderMap) -> Result<Original, &'static str> {
             path_and_query: uri
                 .path_and_query()
                 .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
-            proto: scheme.to_string(),
             can_redirect: false,
         });
     }
@@ -98,18 +95,16 @@ pub fn original_request(headers: &HeaderMap) -> Result<Original, &'static str> {
                 Some(authority.as_str().to_string())
             }
         };
-        let proto = match text("x-forwarded-proto")? {
-            None => "https",
-            Some(p) if p.eq_ignore_ascii_case("http") => "http",
-            Some(p) if p.eq_ignore_ascii_case("https") => "https",
-            Some(_) => return Err("X-Forwarded-Proto must be http or https."),
-        };
+        if text("x-forwarded-proto")?
+            .is_some_and(|p| !p.eq_ignore_ascii_case("http") && !p.eq_ignore_ascii_case("https"))
+        {
+            return Err("X-Forwarded-Proto must be http or https.");
+        }
         return Ok(Original {
             method: method_from(text("x-forwarded-method")?)?,
             host,
             path: uri.path().to_string(),
             path_and_query: forwarded_uri.to_string(),
-            proto: proto.to_string(),
             can_redirect: true,
         });
     }
@@ -206,7 +201,6 @@ mod tests {
         assert_eq!(o.host.as_deref(), Some("app.test:8443"));
         assert_eq!(o.path, "/a/b");
         assert_eq!(o.path_and_query, "/a/b?c");
-        assert_eq!(o.proto, "https");
         assert!(o.can_redirect);
     }
 

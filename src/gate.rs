@@ -130,8 +130,16 @@ impl Gate {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", v);
         }
-        for cookie in trace.set_cookies.drain(..) {
-            response.headers_mut().append(SET_COOKIE, cookie);
+        if !trace.set_cookies.is_empty() {
+            // A renewed session cookie may ride on an upstream answer the upstream marked
+            // cacheable; no shared cache may keep one user's cookie for the next.
+            response.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-store"),
+            );
+            for cookie in trace.set_cookies.drain(..) {
+                response.headers_mut().append(SET_COOKIE, cookie);
+            }
         }
         if method == Method::HEAD {
             without_body(&mut response);
@@ -180,7 +188,7 @@ impl Gate {
 
         let route = self.route_for(host.as_deref(), &path, trace)?;
         let login_return = self
-            .wants_login_page(request.method(), request.headers())
+            .wants_login_page(request.method(), request.headers(), host.as_deref())
             .then(|| {
                 request
                     .uri()
@@ -254,10 +262,9 @@ impl Gate {
         let get = method == Method::GET || method == Method::HEAD;
         let redirect = match path {
             oidc::LOGIN_PATH if get => oidc.login(query, headers),
-            oidc::CALLBACK_PATH if get => oidc.callback(query, headers).await,
-            oidc::LOGOUT_PATH if get || method == Method::POST => {
-                Ok(oidc.logout(query, headers).await)
-            }
+            // Not HEAD: completing a login is not a side effect a HEAD may have.
+            oidc::CALLBACK_PATH if method == Method::GET => oidc.callback(query, headers).await,
+            oidc::LOGOUT_PATH if get || method == Method::POST => oidc.logout(query, headers).await,
             oidc::LOGIN_PATH | oidc::CALLBACK_PATH | oidc::LOGOUT_PATH => {
                 Err(FlowError::BadRequest("Use GET for this endpoint."))
             }
@@ -273,16 +280,18 @@ impl Gate {
         }
     }
 
-    /// A browser navigating (GET or HEAD of an HTML page) on a proxy with OIDC login: it
-    /// gets sent to log in instead of a 401 it cannot answer.
-    fn wants_login_page(&self, method: &Method, headers: &http::HeaderMap) -> bool {
-        self.auth.oidc().is_some()
+    /// A browser navigating (GET or HEAD preferring an HTML page) on a proxy with OIDC
+    /// login: it gets sent to log in instead of a 401 it cannot answer. Only on
+    /// `public_url`'s host, where the session cookie lives.
+    fn wants_login_page(
+        &self,
+        method: &Method,
+        headers: &http::HeaderMap,
+        host: Option<&str>,
+    ) -> bool {
+        self.auth.oidc().is_some_and(|o| o.serves_host(host))
             && (method == Method::GET || method == Method::HEAD)
-            && headers
-                .get_all(http::header::ACCEPT)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .any(|v| v.to_ascii_lowercase().contains("text/html"))
+            && respond::negotiate(headers) == respond::BodyKind::Html
     }
 
     /// Steps 5 to 9 for one route: public routes and CORS preflights pass, everyone else
@@ -360,18 +369,9 @@ impl Gate {
             return Err(Failure::NotFound);
         }
         let route = self.route_for(original.host.as_deref(), &path, trace)?;
-        let login_return = match self.auth.oidc() {
-            Some(oidc)
-                if original.can_redirect && self.wants_login_page(&original.method, headers) =>
-            {
-                Some(oidc.return_target(
-                    &original.proto,
-                    original.host.as_deref(),
-                    &original.path_and_query,
-                ))
-            }
-            _ => None,
-        };
+        let login_return = (original.can_redirect
+            && self.wants_login_page(&original.method, headers, original.host.as_deref()))
+        .then(|| original.path_and_query.clone());
         let identity = self
             .admit(
                 route,
@@ -486,7 +486,8 @@ fn without_body(response: &mut Response<ProxyBody>) {
         .headers()
         .contains_key(http::header::CONTENT_LENGTH)
     {
-        if let Some(length) = response.body().size_hint().exact() {
+        // An upstream's empty HEAD body says nothing about the GET length.
+        if let Some(length) = response.body().size_hint().exact().filter(|&n| n > 0) {
             response
                 .headers_mut()
                 .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));

@@ -45,6 +45,8 @@ pub enum TokenError {
     MissingClaim(&'static str),
     BadClaim(&'static str),
     NoUser,
+    /// An OIDC ID token (it names a login `nonce`) presented as an access token.
+    IdToken,
     /// No keys could be obtained from the IdP at all.
     KeysUnavailable,
 }
@@ -68,6 +70,7 @@ impl TokenError {
             TokenError::BadClaim("nbf") => "The token's nbf claim is not a number.",
             TokenError::BadClaim(_) => "The token has a malformed claim.",
             TokenError::NoUser => "The token does not name a user.",
+            TokenError::IdToken => "The token is an ID token, not an access token.",
             TokenError::KeysUnavailable => {
                 "The identity provider's signing keys are not available; try again later."
             }
@@ -88,6 +91,7 @@ impl TokenError {
             TokenError::MissingClaim(_) => "missing_claim",
             TokenError::BadClaim(_) => "bad_claim",
             TokenError::NoUser => "no_user_claim",
+            TokenError::IdToken => "id_token_as_bearer",
             TokenError::KeysUnavailable => "keys_unavailable",
         }
     }
@@ -205,6 +209,9 @@ pub struct JwtAuth {
     /// header -> claim path, from `[headers] extra`.
     extra: Vec<(http::HeaderName, String)>,
     cache: Option<Cache<[u8; 32], CachedToken>>,
+    /// OIDC: ID tokens end up in browser history (logout's `id_token_hint`) and logs;
+    /// they must not work as API credentials.
+    refuse_id_tokens: bool,
 }
 
 impl JwtAuth {
@@ -236,7 +243,14 @@ impl JwtAuth {
             claims: config.claims.clone(),
             extra: headers.extra.clone(),
             cache,
+            refuse_id_tokens: false,
         }
+    }
+
+    /// Refuses tokens carrying a `nonce`: the ID tokens of browser logins.
+    pub fn refusing_id_tokens(mut self) -> JwtAuth {
+        self.refuse_id_tokens = true;
+        self
     }
 
     pub async fn verify(&self, token: &str) -> Result<Authenticated, TokenError> {
@@ -254,6 +268,9 @@ impl JwtAuth {
         }
         let generation = self.verifier.keys.generation();
         let claims = self.verifier.verify(token).await?;
+        if self.refuse_id_tokens && claims.get("nonce").is_some() {
+            return Err(TokenError::IdToken);
+        }
         let identity = self.identity(&claims, Scheme::Bearer)?;
         if let Some(cache) = &self.cache {
             let expires_at = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);

@@ -169,8 +169,9 @@ impl Rejection {
             | Rejection::UnknownUser { .. }
             | Rejection::WrongPassword { .. } => true,
             Rejection::InvalidToken(e) => e.counts_as_failure(),
-            // A cookie we never sealed is a forgery attempt; an expired one is not.
-            Rejection::Session(p) => *p == SessionProblem::Tampered,
+            // Sealed cookies cannot be guessed, so there is no brute force to slow down;
+            // counting them would lock out a whole office after a cookie-secret rotation.
+            Rejection::Session(_) => false,
             _ => false,
         }
     }
@@ -231,7 +232,9 @@ impl Authenticator {
 
     /// Bearer tokens go to `[auth.jwt]` when configured, else to the OIDC IdP's keys.
     fn bearer(&self) -> Option<&JwtAuth> {
-        self.jwt.as_ref().or(self.oidc.as_ref().map(Oidc::bearer))
+        self.jwt
+            .as_ref()
+            .or(self.oidc.as_ref().and_then(Oidc::bearer))
     }
 
     /// Checks a session cookie; the response must carry `set_cookies` either way.

@@ -116,7 +116,8 @@ pub struct OidcConfig {
     pub session_max: Duration,
     /// Server-side sessions in Redis; the cookie then holds only an encrypted id.
     pub session_store: Option<RedisTarget>,
-    /// Bearer tokens from this IdP must be for one of these.
+    /// Bearer tokens from this IdP must be for one of these; empty: no Bearer tokens
+    /// through OIDC (an ID token is not an access token).
     pub audiences: Vec<String>,
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
     pub leeway: Duration,
@@ -126,6 +127,8 @@ pub struct OidcConfig {
     pub allowed_redirect_hosts: Vec<String>,
     /// `server.public_url`: redirect_uri and cookies belong to it.
     pub public_url: Uri,
+    /// Most a session may take in cookies (from `server.limits.max_header_bytes`).
+    pub max_cookie_bytes: usize,
 }
 
 /// Bearer tokens (JWT). Keys come from a JWKS URL, static PEM public keys, or an HMAC
@@ -400,7 +403,7 @@ impl Validator<'_> {
         };
         let log = self.log(raw.log);
         let headers = self.headers(raw.headers);
-        let auth = self.auth(raw.auth, server.public_url.as_ref());
+        let auth = self.auth(raw.auth, &server);
         let rate_limit = self.rate_limit(raw.rate_limit);
         let has_scheme = auth.basic.is_some() || auth.jwt.is_some() || auth.oidc.is_some();
         let mut routes = Vec::new();
@@ -554,7 +557,7 @@ impl Validator<'_> {
         }
     }
 
-    fn auth(&mut self, raw: Option<Spanned<RawAuth>>, public_url: Option<&Uri>) -> AuthConfig {
+    fn auth(&mut self, raw: Option<Spanned<RawAuth>>, server: &Server) -> AuthConfig {
         let Some(raw) = raw else {
             return AuthConfig {
                 realm: "Restricted".into(),
@@ -583,7 +586,7 @@ impl Validator<'_> {
         };
         let basic = raw.basic.and_then(|b| self.basic(b));
         let jwt = raw.jwt.and_then(|j| self.jwt(j));
-        let oidc = raw.oidc.and_then(|o| self.oidc(o, public_url));
+        let oidc = raw.oidc.and_then(|o| self.oidc(o, server));
         AuthConfig {
             realm,
             basic,
@@ -700,7 +703,8 @@ impl Validator<'_> {
         }
     }
 
-    fn oidc(&mut self, raw: Spanned<RawOidc>, public_url: Option<&Uri>) -> Option<OidcConfig> {
+    fn oidc(&mut self, raw: Spanned<RawOidc>, server: &Server) -> Option<OidcConfig> {
+        let public_url = server.public_url.as_ref();
         use jsonwebtoken::AlgorithmFamily;
         let span = raw.span();
         let raw = raw.into_inner();
@@ -861,8 +865,12 @@ impl Validator<'_> {
                 audiences.push(text.to_string());
             }
         }
-        if raw.audiences.is_none() {
-            audiences.extend(client_id.clone());
+        if raw.audiences.as_ref().is_some_and(Vec::is_empty) {
+            self.fail(
+                None,
+                "auth.oidc.audiences",
+                "an empty list would accept tokens the IdP issued for anyone; list the API audiences, or leave the key out to accept no Bearer tokens",
+            );
         }
         let leeway = self.duration(
             raw.leeway.clone(),
@@ -927,6 +935,9 @@ impl Validator<'_> {
             claims,
             allowed_redirect_hosts,
             public_url: public_url?,
+            // Leave room for the rest of the request head, or a session cookie that
+            // grew past it would lock its browser out with 431s until it expires.
+            max_cookie_bytes: server.limits.max_header_bytes.saturating_sub(4096),
         })
     }
 

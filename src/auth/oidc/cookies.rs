@@ -36,15 +36,18 @@ pub struct CookieJar {
     pub session: String,
     pub login_prefix: String,
     pub secure: bool,
+    /// Largest session value stored in cookies, all chunks together.
+    max_session_bytes: usize,
 }
 
 impl CookieJar {
-    pub fn new(secure: bool) -> CookieJar {
+    pub fn new(secure: bool, max_session_bytes: usize) -> CookieJar {
         let prefix = if secure { "__Host-" } else { "" };
         CookieJar {
             session: format!("{prefix}sallyport_session"),
             login_prefix: format!("{prefix}sallyport_login_"),
             secure,
+            max_session_bytes: max_session_bytes.clamp(CHUNK_BYTES, CHUNK_BYTES * MAX_CHUNKS),
         }
     }
 
@@ -86,7 +89,9 @@ impl CookieJar {
             || name
                 .strip_prefix(&self.session)
                 .and_then(|rest| rest.strip_prefix('_'))
-                .is_some_and(|i| i.parse::<usize>().is_ok())
+                .is_some_and(|i| {
+                    !i.is_empty() && i.len() <= 2 && i.bytes().all(|b| b.is_ascii_digit())
+                })
     }
 
     /// Set-Cookie values that store `value` as the session, and clear every session
@@ -98,6 +103,9 @@ impl CookieJar {
         max_age: u64,
         cookies: &[(&str, &str)],
     ) -> Option<Vec<HeaderValue>> {
+        if value.len() > self.max_session_bytes {
+            return None;
+        }
         let mut out = Vec::new();
         let mut written = Vec::new();
         if value.len() <= CHUNK_BYTES {
@@ -109,9 +117,6 @@ impl CookieJar {
                 .chunks(CHUNK_BYTES)
                 .map(|c| std::str::from_utf8(c).unwrap_or(""))
                 .collect();
-            if chunks.len() > MAX_CHUNKS {
-                return None;
-            }
             for (i, chunk) in chunks.iter().enumerate() {
                 let name = format!("{}_{i}", self.session);
                 out.push(self.set(&name, chunk, max_age));
@@ -133,6 +138,7 @@ impl CookieJar {
             .map(|(n, _)| *n)
             .filter(|n| self.is_session_cookie(n))
             .collect();
+        names.sort_unstable();
         names.dedup();
         names.into_iter().map(|n| self.clear(n)).collect()
     }
@@ -160,7 +166,7 @@ mod tests {
 
     #[test]
     fn large_values_are_chunked_and_reassembled() {
-        let jar = CookieJar::new(true);
+        let jar = CookieJar::new(true, CHUNK_BYTES * MAX_CHUNKS);
         let value = "x".repeat(CHUNK_BYTES * 2 + 10);
         let set = jar.store_session(&value, 60, &[]).unwrap();
         assert_eq!(set.len(), 3);
@@ -182,7 +188,7 @@ mod tests {
 
     #[test]
     fn a_smaller_session_clears_stale_chunks() {
-        let jar = CookieJar::new(true);
+        let jar = CookieJar::new(true, CHUNK_BYTES * MAX_CHUNKS);
         let h = headers(&[
             "__Host-sallyport_session_0=a; __Host-sallyport_session_1=b; other=1; __Host-sallyport_sessionx=2",
         ]);
@@ -207,7 +213,7 @@ mod tests {
 
     #[test]
     fn plain_http_development_drops_the_host_prefix_and_secure() {
-        let jar = CookieJar::new(false);
+        let jar = CookieJar::new(false, CHUNK_BYTES);
         let v = jar.set(&jar.session, "v", 5);
         assert_eq!(
             v.to_str().unwrap(),

@@ -52,7 +52,7 @@ pub const LOGOUT_PATH: &str = "/.sallyport/logout";
 const LOGIN_TTL: u64 = 600;
 /// Logins in progress one browser may hold; past this, the older ones are cleared so
 /// abandoned logins cannot grow the Cookie header into a 431.
-const MAX_PENDING_LOGINS: usize = 8;
+const MAX_PENDING_LOGINS: usize = 4;
 const JWKS_REFRESH: Duration = Duration::from_secs(3600);
 /// A refresh's outcome is remembered this long, for requests still carrying the cookie
 /// from before it.
@@ -129,13 +129,21 @@ struct TokenResponse {
 }
 
 #[derive(Clone)]
-struct Refreshed(Option<Session>);
+enum Refreshed {
+    Renewed(Session),
+    /// The IdP said no (revoked, expired, user disabled): log in again.
+    Refused,
+    /// The IdP could not be asked: keep the session, try again on the next request.
+    Unreachable,
+}
 
 pub struct Oidc {
     issuer: String,
     client_id: String,
     client_secret: Option<Secret>,
     scope: String,
+    /// `audiences` configured: API clients may use the IdP's access tokens.
+    accepts_bearer: bool,
     idle: u64,
     max: u64,
     callback_url: String,
@@ -187,15 +195,20 @@ impl Oidc {
             cache_ttl: Duration::from_secs(300),
             claims: config.claims.clone(),
         };
-        let bearer = JwtAuth::with_keys(&bearer_config, headers, keys);
+        let bearer = JwtAuth::with_keys(&bearer_config, headers, keys).refusing_id_tokens();
+        let accepts_bearer = !config.audiences.is_empty();
         let redirects = RedirectPolicy::new(&config.public_url, &config.allowed_redirect_hosts);
         let secret = config.cookie_secret.expose();
-        let jar = CookieJar::new(config.public_url.scheme_str() == Some("https"));
+        let jar = CookieJar::new(
+            config.public_url.scheme_str() == Some("https"),
+            config.max_cookie_bytes,
+        );
         Ok(Oidc {
             issuer: config.issuer.clone(),
             client_id: config.client_id.clone(),
             client_secret: config.client_secret.clone(),
             scope: config.scopes.join(" "),
+            accepts_bearer,
             idle: config.session_idle.as_secs().max(1),
             max: config.session_max.as_secs().max(1),
             callback_url: redirects.url_for(CALLBACK_PATH),
@@ -228,9 +241,9 @@ impl Oidc {
         self.discovery.metadata().is_some()
     }
 
-    /// Bearer tokens issued by this IdP.
-    pub fn bearer(&self) -> &JwtAuth {
-        &self.bearer
+    /// Bearer tokens issued by this IdP, when `audiences` says which to accept.
+    pub fn bearer(&self) -> Option<&JwtAuth> {
+        self.accepts_bearer.then_some(&self.bearer)
     }
 
     pub fn has_session_cookie(&self, headers: &HeaderMap) -> bool {
@@ -246,15 +259,11 @@ impl Oidc {
         self.redirects.url_for(&format!("{LOGIN_PATH}?{query}"))
     }
 
-    /// `rd` for a request a forward-auth proxy describes: a path when it is for our own
-    /// host, else an absolute URL (honoured only for allowed hosts).
-    pub fn return_target(&self, proto: &str, host: Option<&str>, path_and_query: &str) -> String {
-        match host {
-            Some(h) if !self.redirects.is_public_host(h) => {
-                format!("{proto}://{h}{path_and_query}")
-            }
-            _ => path_and_query.to_string(),
-        }
+    /// Whether a request for this host can be sent to log in: the session cookie is
+    /// `public_url`'s (host-only), so a login for any other host would come back without
+    /// it and loop.
+    pub fn serves_host(&self, host: Option<&str>) -> bool {
+        host.is_none_or(|h| self.redirects.is_public_host(h))
     }
 
     pub async fn session(&self, headers: &HeaderMap) -> SessionCheck {
@@ -290,13 +299,20 @@ impl Oidc {
         let access_expired = session.access_expires_at.is_some_and(|at| now >= at);
         if access_expired && session.refresh_token.is_some() {
             match self.refresh(&session).await {
-                Some(renewed) => {
+                Refreshed::Renewed(renewed) => {
                     session = renewed;
                     changed = true;
                 }
-                None => {
+                Refreshed::Refused => {
                     let _ = self.store.delete(&reference).await;
                     return rejected(SessionProblem::RefreshFailed);
+                }
+                // An IdP outage must not log everyone out whose token expires during it.
+                Refreshed::Unreachable => {
+                    return SessionCheck {
+                        outcome: SessionOutcome::Unavailable,
+                        set_cookies: Vec::new(),
+                    };
                 }
             }
         }
@@ -320,7 +336,9 @@ impl Oidc {
                         set_cookies,
                     };
                 }
-                Err(StoreError::TooLarge) => return rejected(SessionProblem::Gone),
+                Err(StoreError::TooLarge | StoreError::Gone) => {
+                    return rejected(SessionProblem::Gone);
+                }
             }
         }
         SessionCheck {
@@ -356,29 +374,41 @@ impl Oidc {
     }
 
     /// One refresh per refresh token: concurrent requests wait for the first one's
-    /// outcome, and requests arriving later with the old cookie get the same result.
-    async fn refresh(&self, session: &Session) -> Option<Session> {
-        let token = session.refresh_token.as_deref()?;
-        let cell = self
-            .refreshes
-            .get_with(sha256(token.as_bytes()), || Arc::new(OnceCell::new()));
+    /// outcome, and requests arriving later with the old cookie get the same result. An
+    /// unreachable IdP is not remembered, so the next request tries again.
+    async fn refresh(&self, session: &Session) -> Refreshed {
+        let Some(token) = session.refresh_token.as_deref() else {
+            return Refreshed::Refused;
+        };
+        let key = sha256(token.as_bytes());
+        let cell = self.refreshes.get_with(key, || Arc::new(OnceCell::new()));
         let outcome = cell
-            .get_or_init(|| async { Refreshed(self.redeem_refresh_token(session, token).await) })
-            .await;
-        outcome.0.clone()
+            .get_or_init(|| self.redeem_refresh_token(session, token))
+            .await
+            .clone();
+        if matches!(outcome, Refreshed::Unreachable) {
+            self.refreshes.invalidate(&key);
+        }
+        outcome
     }
 
-    async fn redeem_refresh_token(&self, session: &Session, token: &str) -> Option<Session> {
-        let metadata = self.discovery.metadata()?;
+    async fn redeem_refresh_token(&self, session: &Session, token: &str) -> Refreshed {
+        let Some(metadata) = self.discovery.metadata() else {
+            return Refreshed::Unreachable;
+        };
         let form = vec![
             ("grant_type", "refresh_token".to_string()),
             ("refresh_token", token.to_string()),
         ];
         let response = match self.token_request(&metadata, form).await {
             Ok(r) => r,
+            Err(TokenRequestError::Unreachable(why)) => {
+                tracing::warn!(target: "sallyport::oidc", sid = %session.sid, error = %why, "session refresh could not reach the IdP; will retry");
+                return Refreshed::Unreachable;
+            }
             Err(why) => {
-                tracing::warn!(target: "sallyport::oidc", sid = %session.sid, error = %why, "session refresh failed; the user must log in again");
-                return None;
+                tracing::info!(target: "sallyport::oidc", sid = %session.sid, error = %why, "session refresh refused; the user must log in again");
+                return Refreshed::Refused;
             }
         };
         let id_token = match response.id_token {
@@ -389,22 +419,26 @@ impl Oidc {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(target: "sallyport::oidc", sid = %session.sid, reason = e.reason(), "refreshed ID token rejected");
-                        return None;
+                        return Refreshed::Refused;
                     }
                 };
                 let old_sub = self
                     .claims_of(&session.id_token)
                     .and_then(|c| c.get("sub").cloned());
-                if claims.get("sub") != old_sub.as_ref() {
-                    tracing::warn!(target: "sallyport::oidc", sid = %session.sid, "refreshed ID token names another subject");
-                    return None;
+                let azp_ok = claims
+                    .get("azp")
+                    .and_then(Value::as_str)
+                    .is_none_or(|azp| azp == self.client_id);
+                if claims.get("sub") != old_sub.as_ref() || !azp_ok {
+                    tracing::warn!(target: "sallyport::oidc", sid = %session.sid, "refreshed ID token names another subject or client");
+                    return Refreshed::Refused;
                 }
                 new
             }
             None => session.id_token.clone(),
         };
         let now = self.clock.now();
-        Some(Session {
+        Refreshed::Renewed(Session {
             sid: session.sid.clone(),
             id_token,
             refresh_token: response
@@ -499,11 +533,14 @@ impl Oidc {
                 "The login took too long. Open the page you wanted again.",
             ));
         }
-        let state_key = sha256(state.as_bytes());
-        if self.used_states.contains_key(&state_key) {
+        let first_use = self
+            .used_states
+            .entry(sha256(state.as_bytes()))
+            .or_insert(())
+            .is_fresh();
+        if !first_use {
             return Err(FlowError::BadRequest("This login was already completed."));
         }
-        self.used_states.insert(state_key, ());
         let mut set_cookies = vec![self.jar.clear(&name)];
 
         if let Some(error) = query_param(query, "error") {
@@ -560,7 +597,7 @@ impl Oidc {
         }
         match self.save(&session, None, &cookies).await {
             Ok(set) => set_cookies.extend(set),
-            Err(StoreError::Unavailable) => return Err(FlowError::Unavailable),
+            Err(StoreError::Unavailable | StoreError::Gone) => return Err(FlowError::Unavailable),
             Err(StoreError::TooLarge) => {
                 tracing::error!(target: "sallyport::oidc", "the session is too large for cookies; set auth.oidc.session_store to keep sessions in Redis");
                 return Err(FlowError::Unavailable);
@@ -621,15 +658,25 @@ impl Oidc {
     }
 
     /// `/.sallyport/logout`: forget the session here and, if the IdP can, there.
-    pub async fn logout(&self, query: Option<&str>, headers: &HeaderMap) -> Redirect {
+    pub async fn logout(
+        &self,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<Redirect, FlowError> {
         let cookies = request_cookies(headers);
+        // With server-side sessions, a logout that cannot reach the store would only look
+        // like one: say so instead.
         let id_token = match self.store.load(&cookies).await {
             Ok(Loaded::Found(session, reference)) => {
-                let _ = self.store.delete(&reference).await;
+                self.store
+                    .delete(&reference)
+                    .await
+                    .map_err(|_| FlowError::Unavailable)?;
                 tracing::info!(target: "sallyport::oidc", sid = %session.sid, "logout");
                 Some(session.id_token)
             }
-            _ => None,
+            Ok(_) => None,
+            Err(_) => return Err(FlowError::Unavailable),
         };
         let target = self.redirects.target(query_param(query, "rd").as_deref());
         let location = match self
@@ -652,10 +699,10 @@ impl Oidc {
             }
             None => target,
         };
-        Redirect {
+        Ok(Redirect {
             location,
             set_cookies: self.jar.clear_session(&cookies),
-        }
+        })
     }
 
     async fn token_request(
@@ -700,6 +747,12 @@ impl Oidc {
             .post_form(&metadata.token_endpoint, body, authorization)
             .await
             .map_err(TokenRequestError::Unreachable)?;
+        if response.status.is_server_error() {
+            return Err(TokenRequestError::Unreachable(format!(
+                "HTTP {}",
+                response.status.as_u16()
+            )));
+        }
         if !response.status.is_success() {
             // OAuth errors are JSON with an `error` code; nothing else of the body is
             // trusted into the log.

@@ -9,7 +9,8 @@ use http::uri::PathAndQuery;
 
 use crate::routes;
 
-const MAX_TARGET_BYTES: usize = 2048;
+/// Bounded so a login cookie carrying it stays small (see `MAX_PENDING_LOGINS`).
+const MAX_TARGET_BYTES: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct RedirectPolicy {
@@ -123,13 +124,11 @@ impl RedirectPolicy {
     }
 
     fn host_allowed(&self, authority: &str) -> bool {
-        let host = authority.rsplit_once(':').map_or(authority, |(h, port)| {
-            if port.bytes().all(|b| b.is_ascii_digit()) {
-                h
-            } else {
-                authority
-            }
-        });
+        let host = match authority.rsplit_once(':') {
+            Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+            Some(_) => return false,
+            None => authority,
+        };
         self.allowed_hosts.iter().any(|allowed| {
             if let Some(suffix) = allowed.strip_prefix('.') {
                 host.len() > suffix.len() + 1

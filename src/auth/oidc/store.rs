@@ -65,6 +65,8 @@ pub enum Reference {
 pub enum StoreError {
     Unavailable,
     TooLarge,
+    /// The server-side session was deleted (logout, expiry) while this request ran.
+    Gone,
 }
 
 pub struct Store {
@@ -166,20 +168,25 @@ impl Store {
                     }
                 };
                 let value = sealer.seal(&key, &json);
-                redis_call(link, |mut c| {
+                // An existing session is only ever updated in place (XX): a request that
+                // loaded it before a logout must not bring it back.
+                let existing = matches!(reference, Some(Reference::Redis(_)));
+                let written: Option<String> = redis_call(link, |mut c| {
                     let key = key.clone();
                     let value = value.clone();
                     async move {
-                        redis::cmd("SET")
-                            .arg(&key)
-                            .arg(&value)
-                            .arg("EX")
-                            .arg(ttl.max(1))
-                            .query_async::<()>(&mut c)
-                            .await
+                        let mut set = redis::cmd("SET");
+                        set.arg(&key).arg(&value).arg("EX").arg(ttl.max(1));
+                        if existing {
+                            set.arg("XX");
+                        }
+                        set.query_async(&mut c).await
                     }
                 })
                 .await?;
+                if written.is_none() {
+                    return Err(StoreError::Gone);
+                }
                 Ok(set_cookies)
             }
         }
