@@ -177,12 +177,17 @@ impl Gate {
             .map_err(|_| Failure::BadRequest("The request path is malformed or ambiguous."))?;
         trace.path = Some(path.clone());
 
-        if path == FORWARD_AUTH_PATH {
-            return self
-                .forward_auth(request.headers(), peer_trusted, client, trace)
-                .await;
-        }
         if routes::prefix_matches(BUILTIN_PREFIX, &path) {
+            // Our own endpoints read no body; a small one is read anyway, so closing the
+            // connection does not reset it under the client before it reads our answer.
+            let (parts, body) = request.into_parts();
+            drain(body).await;
+            let request = Request::from_parts(parts, ());
+            if path == FORWARD_AUTH_PATH {
+                return self
+                    .forward_auth(request.headers(), peer_trusted, client, trace)
+                    .await;
+            }
             return self.builtin(&path, &request, client, trace).await;
         }
 
@@ -240,7 +245,7 @@ impl Gate {
     async fn builtin(
         &self,
         path: &str,
-        request: &Request<Incoming>,
+        request: &Request<()>,
         client: std::net::IpAddr,
         trace: &mut Trace,
     ) -> Result<Response<ProxyBody>, Failure> {
@@ -475,6 +480,15 @@ impl Gate {
     pub fn authenticator(&self) -> &Authenticator {
         &self.auth
     }
+}
+
+/// Reads and discards up to 64 KiB of a body we have no use for, for at most a few
+/// seconds; anything larger ends with the connection.
+async fn drain(body: Incoming) {
+    use http_body_util::BodyExt;
+    const LIMIT: usize = 64 * 1024;
+    let read = http_body_util::Limited::new(body, LIMIT).collect();
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
 }
 
 /// A HEAD answer has the headers of the GET answer and no body. HTTP/1.1 drops a body

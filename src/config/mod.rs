@@ -595,6 +595,19 @@ impl Validator<'_> {
         }
     }
 
+    fn audiences(&mut self, raw: &Option<Vec<Spanned<String>>>, key: &str) -> Vec<String> {
+        let mut audiences = Vec::new();
+        for a in raw.iter().flatten() {
+            let text = a.get_ref().trim();
+            if text.is_empty() {
+                self.fail(span_of(a), key, "must not be empty");
+            } else {
+                audiences.push(text.to_string());
+            }
+        }
+        audiences
+    }
+
     /// Pinned signature algorithms; `default` when the key is absent.
     fn algorithms(
         &mut self,
@@ -856,15 +869,7 @@ impl Validator<'_> {
                 "ID tokens are checked with the IdP's public keys: use RS*, PS*, ES* or EdDSA",
             );
         }
-        let mut audiences = Vec::new();
-        for a in raw.audiences.iter().flatten() {
-            let text = a.get_ref().trim();
-            if text.is_empty() {
-                self.fail(span_of(a), "auth.oidc.audiences", "must not be empty");
-            } else {
-                audiences.push(text.to_string());
-            }
-        }
+        let audiences = self.audiences(&raw.audiences, "auth.oidc.audiences");
         if raw.audiences.as_ref().is_some_and(Vec::is_empty) {
             self.fail(
                 None,
@@ -1086,15 +1091,7 @@ impl Validator<'_> {
                 "must not be empty",
             );
         }
-        let mut audiences = Vec::new();
-        for a in raw.audiences.iter().flatten() {
-            let text = a.get_ref().trim();
-            if text.is_empty() {
-                self.fail(span_of(a), "auth.jwt.audiences", "must not be empty");
-            } else {
-                audiences.push(text.to_string());
-            }
-        }
+        let audiences = self.audiences(&raw.audiences, "auth.jwt.audiences");
         let leeway = self.duration(raw.leeway, "auth.jwt.leeway", Duration::from_secs(30));
         let cache_ttl = self.duration(
             raw.cache_ttl,
