@@ -28,6 +28,7 @@ use crate::client_ip::{client_ip, is_trusted};
 use crate::clock::WallClock;
 use crate::config::{Config, Cors, IdentityHeaders, RouteAuth};
 use crate::forward_auth;
+use crate::metrics::{Metrics, outcome_of};
 use crate::policy::{Denied, Policy};
 use crate::proxy::headers::{ForwardedFacts, ManagedHeaders};
 use crate::proxy::{self, ProxyBody, ProxySettings, Upstream};
@@ -43,17 +44,24 @@ pub struct ConnInfo {
 }
 
 pub struct Route {
-    pub label: String,
+    /// `host/path` as configured: the access log's and the metrics' name for the route.
+    pub label: Arc<String>,
     pub upstream: Upstream,
     pub auth: RouteAuth,
     pub policy: Policy,
 }
 
-/// Everything the pipeline needs, built from one validated [`Config`].
+/// Everything the pipeline needs, built from one validated [`Config`]. A reload builds a
+/// new `Gate`; requests already running finish with the one they started with.
 pub struct Gate {
     routes: RouteTable<Route>,
     auth: Authenticator,
     throttle: Option<Arc<Throttle>>,
+    /// What `throttle` was built from, so a reload that leaves it alone keeps the counts.
+    rate_limit: Option<crate::config::RateLimit>,
+    metrics: Arc<Metrics>,
+    builtin_label: Arc<String>,
+    unrouted_label: Arc<String>,
     proxy: ProxySettings,
     trusted_proxies: Vec<IpNet>,
     cors: Cors,
@@ -68,15 +76,28 @@ const USERINFO_PATH: &str = "/.sallyport/userinfo";
 impl Gate {
     /// `clock` times sessions (tests pass a manual one).
     pub fn new(config: &Config, clock: WallClock) -> Result<Gate, String> {
+        Gate::build(config, clock, Arc::new(Metrics::new()), None)
+    }
+
+    /// A gate for `config` that carries over what `previous` has learned where the config
+    /// for it did not change: throttle counts, credential caches, OIDC discovery, keys and
+    /// pending logins. Everything the new config changed starts afresh, so a removed user
+    /// or a rotated key stops working the moment the new gate is in place.
+    pub fn build(
+        config: &Config,
+        clock: WallClock,
+        metrics: Arc<Metrics>,
+        previous: Option<&Gate>,
+    ) -> Result<Gate, String> {
         let mut entries = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {
             let upstream = Upstream::build(&r.upstream, &config.server.timeouts)
                 .map_err(|e| format!("route[{i}].{e}"))?;
-            let label = format!(
+            let label = Arc::new(format!(
                 "{}{}",
                 r.host.as_ref().map(|h| h.to_string()).unwrap_or_default(),
                 r.path
-            );
+            ));
             entries.push((
                 r.host.clone(),
                 r.path.clone(),
@@ -88,13 +109,24 @@ impl Gate {
                 },
             ));
         }
+        let throttle = match (previous, &config.rate_limit) {
+            (Some(p), Some(limits)) if p.rate_limit.as_ref() == Some(limits) => p.throttle.clone(),
+            (_, limits) => limits.as_ref().map(|l| Arc::new(Throttle::new(l))),
+        };
         Ok(Gate {
             routes: RouteTable::new(entries),
-            auth: Authenticator::new(&config.auth, &config.headers, clock)?,
-            throttle: config
-                .rate_limit
-                .as_ref()
-                .map(|limits| Arc::new(Throttle::new(limits))),
+            auth: Authenticator::build(
+                &config.auth,
+                &config.headers,
+                clock,
+                &metrics,
+                previous.map(|p| &p.auth),
+            )?,
+            throttle,
+            rate_limit: config.rate_limit.clone(),
+            metrics,
+            builtin_label: Arc::new("builtin".to_string()),
+            unrouted_label: Arc::new("none".to_string()),
             proxy: ProxySettings {
                 managed: ManagedHeaders::new(&config.headers),
                 upstream_response: config.server.timeouts.upstream_response,
@@ -143,6 +175,17 @@ impl Gate {
         }
         if method == Method::HEAD {
             without_body(&mut response);
+        }
+
+        let route_label = match &trace.route_label {
+            Some(label) => label,
+            None if routes::prefix_matches(BUILTIN_PREFIX, &raw_path) => &self.builtin_label,
+            None => &self.unrouted_label,
+        };
+        self.metrics
+            .request(route_label, response.status().as_u16());
+        if let Some(latency) = trace.upstream_latency {
+            self.metrics.upstream_latency(route_label, latency);
         }
 
         if self.access_log {
@@ -237,7 +280,8 @@ impl Gate {
             .routes
             .find(match_host.as_deref(), path)
             .ok_or(Failure::NotFound)?;
-        trace.route = Some(route.label.clone());
+        trace.route = Some(route.label.to_string());
+        trace.route_label = Some(Arc::clone(&route.label));
         Ok(route)
     }
 
@@ -408,8 +452,10 @@ impl Gate {
             Some(throttle) => throttle.attempt(client, credential.presented_user()),
             None => Attempt::unthrottled(),
         };
+        let scheme = credential.scheme_label();
         if let Err(throttled) = attempt.check().await {
             trace.auth = throttled.by.as_str();
+            self.count_throttled(scheme, throttled);
             return Err(too_many_attempts(throttled));
         }
         let outcome = if matches!(credential, Credential::Session) {
@@ -422,16 +468,20 @@ impl Gate {
         match outcome {
             Ok(who) => {
                 attempt.succeeded(who.user()).await;
+                self.metrics
+                    .auth(who.scheme().as_str(), "success", "success");
                 trace.auth = who.scheme().as_str();
                 trace.user = Some(capped(who.user()));
                 Ok(who)
             }
             Err(Rejection::Throttled(throttled)) => {
                 trace.auth = throttled.by.as_str();
+                self.count_throttled(scheme, throttled);
                 Err(too_many_attempts(throttled))
             }
             Err(Rejection::Unavailable) => {
                 trace.auth = Rejection::Unavailable.reason();
+                self.metrics.auth(scheme, "unavailable", trace.auth);
                 Err(Failure::ServiceUnavailable {
                     retry_after_secs: 5,
                 })
@@ -441,6 +491,8 @@ impl Gate {
                     attempt.failed().await;
                 }
                 trace.auth = rejection.reason();
+                self.metrics
+                    .auth(scheme, outcome_of(trace.auth), trace.auth);
                 let needs_login = matches!(rejection, Rejection::Missing | Rejection::Session(_));
                 if let (true, Some(rd), Some(oidc)) = (needs_login, login_return, self.auth.oidc())
                 {
@@ -456,6 +508,12 @@ impl Gate {
         }
     }
 
+    fn count_throttled(&self, scheme: &'static str, throttled: Throttled) {
+        self.metrics
+            .auth(scheme, "throttled", throttled.by.as_str());
+        self.metrics.throttled(throttled.by.short());
+    }
+
     /// The request's `Origin`, if it may read our own error answers.
     fn allowed_origin(&self, headers: &http::HeaderMap) -> Option<HeaderValue> {
         if self.cors.allowed_origins.is_empty() {
@@ -469,6 +527,65 @@ impl Gate {
             .then(|| origin.clone())
     }
 
+    /// `sallyport explain`: the decision a request would get, through the same steps a
+    /// real one takes (route lookup, authentication, the route's rules), without
+    /// forwarding it. Build the gate without throttling: an explanation must not spend
+    /// anyone's failure budget.
+    pub async fn explain(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> Decision {
+        let mut trace = Trace::default();
+        let host = uri.authority().map(|a| a.as_str().to_string());
+        let mut decision = Decision {
+            host: host.clone(),
+            path: uri.path().to_string(),
+            route: None,
+            scheme: self.auth.credential(headers).scheme_label(),
+            reason: "",
+            identity: None,
+            failure: None,
+        };
+        let path = match routes::normalize_path(uri.path()) {
+            Ok(path) => path,
+            Err(_) => {
+                decision.failure = Some(Failure::BadRequest(
+                    "The request path is malformed or ambiguous.",
+                ));
+                return decision;
+            }
+        };
+        decision.path.clone_from(&path);
+        if routes::prefix_matches(BUILTIN_PREFIX, &path) {
+            decision.reason = "builtin";
+            return decision;
+        }
+        let route = match self.route_for(host.as_deref(), &path, &mut trace) {
+            Ok(route) => route,
+            Err(failure) => {
+                decision.failure = Some(failure);
+                return decision;
+            }
+        };
+        decision.route = Some(RouteSummary {
+            label: Arc::clone(&route.label),
+            upstream: route.upstream.describe(),
+            public: route.auth == RouteAuth::Public,
+        });
+        let client = std::net::IpAddr::from([127, 0, 0, 1]);
+        match self
+            .admit(route, method, headers, client, None, &mut trace)
+            .await
+        {
+            Ok(identity) => decision.identity = identity,
+            Err(failure) => decision.failure = Some(failure),
+        }
+        decision.reason = trace.auth;
+        decision
+    }
+
     pub fn throttle(&self) -> Option<&Throttle> {
         self.throttle.as_deref()
     }
@@ -480,6 +597,31 @@ impl Gate {
     pub fn authenticator(&self) -> &Authenticator {
         &self.auth
     }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}
+
+/// What [`Gate::explain`] found.
+pub struct Decision {
+    pub host: Option<String>,
+    /// Normalised, as routes see it.
+    pub path: String,
+    pub route: Option<RouteSummary>,
+    /// The scheme the request presented: basic, bearer, session or none.
+    pub scheme: &'static str,
+    /// The log's reason code: the scheme that succeeded, why it failed, or `public`.
+    pub reason: &'static str,
+    pub identity: Option<Authenticated>,
+    /// `None`: the request would be forwarded.
+    pub failure: Option<Failure>,
+}
+
+pub struct RouteSummary {
+    pub label: Arc<String>,
+    pub upstream: String,
+    pub public: bool,
 }
 
 /// Reads and discards up to 64 KiB of a body we have no use for, for at most a few
@@ -536,6 +678,8 @@ fn capped(user: &str) -> String {
 #[derive(Default)]
 struct Trace {
     route: Option<String>,
+    /// The matched route's label, for metrics (never a client-chosen string).
+    route_label: Option<Arc<String>>,
     path: Option<String>,
     /// The authenticated user, or the username presented with failed credentials.
     user: Option<String>,

@@ -15,7 +15,10 @@
 //!   in Redis.
 //! - [`forward_auth`]: `/.sallyport/auth` for nginx, Traefik and Caddy in front of us.
 //! - [`policy`]: route rules for an authenticated identity (403).
-//! - [`reload`]: debounced file watching for live reload.
+//! - [`reload`]: snapshots of the whole config, swapped on SIGHUP or file change.
+//! - [`metrics`]: the Prometheus registry; [`server::admin`] serves it with health and
+//!   readiness.
+//! - [`explain`]: `sallyport explain`, a request's decision step by step.
 //! - [`client_ip`]: trusted-proxy aware client address.
 //! - [`routes`]: path normalisation and the route table.
 //! - [`proxy`]: upstream clients, header rewriting, streaming, upgrades, `builtin:echo`.
@@ -27,9 +30,11 @@ pub mod auth;
 pub mod client_ip;
 pub mod clock;
 pub mod config;
+pub mod explain;
 pub mod forward_auth;
 pub mod gate;
 pub mod logging;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod redis_link;

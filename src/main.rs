@@ -30,6 +30,23 @@ struct Cli {
 enum Command {
     /// Validate the config and every file it references, print a summary, exit 0 or 1.
     Check,
+    /// Show the decision a request would get and why: route, scheme, identity, rules,
+    /// outcome. Nothing is forwarded and no failure is counted.
+    Explain {
+        /// The request: method and full URL, e.g. "GET https://app.example.com/api".
+        #[arg(long, value_name = "\"METHOD URL\"")]
+        request: String,
+        /// Present HTTP Basic credentials for USER; the password is read from stdin
+        /// (prompted without echo on a terminal).
+        #[arg(long, value_name = "USER", conflicts_with = "bearer_file")]
+        basic: Option<String>,
+        /// Present the Bearer token in this file.
+        #[arg(long, value_name = "FILE")]
+        bearer_file: Option<PathBuf>,
+    },
+    /// Exit 0 if the running proxy's admin /healthz answers 200 (for container
+    /// HEALTHCHECKs in images without a shell).
+    Healthcheck,
     /// Read a password from stdin (no echo on a terminal) and print an htpasswd hash:
     /// argon2id by default, or bcrypt ($2y$, as Apache htpasswd -B writes it).
     HashPassword {
@@ -57,6 +74,12 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Check) => check(&path),
+        Some(Command::Explain {
+            request,
+            basic,
+            bearer_file,
+        }) => explain(&path, &request, basic, bearer_file),
+        Some(Command::Healthcheck) => healthcheck(&path),
         Some(Command::HashPassword { .. }) | None => run(&path),
     }
 }
@@ -96,6 +119,121 @@ fn hash_password(bcrypt: bool, cost: u32, user: Option<&str>) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn explain(
+    path: &Path,
+    request: &str,
+    basic: Option<String>,
+    bearer_file: Option<PathBuf>,
+) -> ExitCode {
+    use sallyport::explain::Presented;
+    let Some(config) = load(path) else {
+        return ExitCode::from(1);
+    };
+    let presented = match (basic, bearer_file) {
+        (Some(user), _) => match read_secret_line("Password: ") {
+            Ok(password) => Presented::Basic { user, password },
+            Err(e) => {
+                eprintln!("sallyport: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        (None, Some(file)) => match std::fs::read_to_string(&file) {
+            Ok(token) => Presented::Bearer(token),
+            Err(e) => {
+                eprintln!(
+                    "sallyport: --bearer-file: cannot read {}: {e}",
+                    file.display()
+                );
+                return ExitCode::from(1);
+            }
+        },
+        (None, None) => Presented::None,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sallyport: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(sallyport::explain::explain(config, request, presented)) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sallyport: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// One GET to the admin listener's `/healthz`, with no dependencies beyond std, so the
+/// check works in a distroless image.
+fn healthcheck(path: &Path) -> ExitCode {
+    use std::io::{Read, Write};
+    let Some(config) = load(path) else {
+        return ExitCode::from(1);
+    };
+    let Some(admin) = config.admin else {
+        eprintln!("sallyport: healthcheck needs [admin] listen in the config");
+        return ExitCode::from(1);
+    };
+    let mut addr = admin.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv6() {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        });
+    }
+    let timeout = std::time::Duration::from_secs(3);
+    let answer = (|| -> std::io::Result<String> {
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        stream.take(4096).read_to_string(&mut response)?;
+        Ok(response)
+    })();
+    match answer {
+        Ok(response) if response.starts_with("HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(response) => {
+            eprintln!(
+                "sallyport: {addr}/healthz answered {}",
+                response.lines().next().unwrap_or("nothing")
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("sallyport: cannot reach the admin listener at {addr}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A password for one use: prompted once without echo on a terminal, else the first
+/// line of stdin.
+fn read_secret_line(prompt: &str) -> Result<String, String> {
+    use std::io::{BufRead, IsTerminal};
+    if std::io::stdin().is_terminal() {
+        return rpassword::prompt_password(prompt)
+            .map_err(|e| format!("cannot read the password: {e}"));
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+    let trimmed = line.strip_suffix('\n').unwrap_or(&line);
+    Ok(trimmed.strip_suffix('\r').unwrap_or(trimmed).to_string())
 }
 
 /// On a terminal: prompt twice without echo. Otherwise: the first line of stdin, without
@@ -183,6 +321,18 @@ fn check(path: &Path) -> ExitCode {
     };
     println!("  listen: {}", listen.join(", "));
     println!("  tls:    {tls}");
+    match &config.admin {
+        Some(admin) => println!(
+            "  admin:  http://{}/ (healthz, readyz{}, metrics)",
+            admin.listen,
+            if admin.check_upstreams {
+                " with upstream checks"
+            } else {
+                ""
+            }
+        ),
+        None => println!("  admin:  off (no health, readiness or metrics endpoints)"),
+    }
     println!("  throttling: {throttle}");
     if let Some(basic) = &config.auth.basic {
         println!(
@@ -258,7 +408,11 @@ fn run(path: &Path) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let shutdown = match shutdown_signal() {
+        let signals = shutdown_signal().and_then(|shutdown| {
+            let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            Ok((shutdown, hangup))
+        });
+        let (shutdown, mut hangup) = match signals {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("sallyport: cannot install signal handlers: {e}");
@@ -272,6 +426,17 @@ fn run(path: &Path) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        let reloader = server.reloader();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP received: reloading the config");
+                let reloader = std::sync::Arc::clone(&reloader);
+                let _ = tokio::task::spawn_blocking(move || {
+                    reloader.reload(sallyport::reload::Trigger::Signal)
+                })
+                .await;
+            }
+        });
         server.run(shutdown).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS

@@ -1,17 +1,307 @@
-//! File watching for live reload. Directories are watched, not files: editors save by
-//! writing a new file and renaming it over the old one, and Kubernetes updates a mounted
-//! Secret or ConfigMap by swapping a `..data` symlink, so a watch on the file itself would
-//! see the first change and then nothing. Any change in a watched directory schedules one
-//! reload after a short quiet period; the reload compares contents, so unrelated changes
-//! in the same directory cost a read and nothing else.
+//! Live reload. A reload reads the config file (and with it every file it refers to),
+//! builds a whole new [`Snapshot`] and swaps it in atomically; when anything fails, the
+//! running snapshot stays and the log says why. Requests already running finish on the
+//! snapshot they started with; the next request, on any connection, uses the new one.
+//!
+//! Triggers: SIGHUP (`systemctl reload`), and changes to the watched files. Directories
+//! are watched, not files: editors save by writing a new file and renaming it over the
+//! old one, and Kubernetes updates a mounted Secret or ConfigMap by swapping a `..data`
+//! symlink, so a watch on the file itself would see the first change and then nothing.
+//! Any change in a watched directory schedules one reload after a short quiet period; a
+//! watched reload first compares contents, so unrelated changes in the same directory
+//! cost a read and nothing else.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use notify::{EventKind, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+
+use crate::clock::WallClock;
+use crate::config::{Admin, Config, Limits, LogFormat, Timeouts, TlsSource, TlsVersion};
+use crate::gate::Gate;
+use crate::metrics::Metrics;
+use crate::server::tls::{self, Served};
+
+/// Everything one config produces for connections and requests.
+pub struct Snapshot {
+    pub gate: Arc<Gate>,
+    pub tls: Option<Served>,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub shutdown_grace: Duration,
+    pub admin: Option<Admin>,
+    /// A self-signed setup is kept across reloads that leave it alone, so clients that
+    /// pinned the development certificate keep working.
+    self_signed: Option<(Vec<String>, TlsVersion)>,
+    watched: Files,
+    bound: Bound,
+}
+
+/// What only a restart can change: the sockets, the connection cap and the logger.
+#[derive(Debug, Clone, PartialEq)]
+struct Bound {
+    listen: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
+    max_connections: usize,
+    log_format: LogFormat,
+    log_level: String,
+}
+
+impl Bound {
+    fn of(config: &Config) -> Bound {
+        Bound {
+            listen: config.server.listen.clone(),
+            admin: config.admin.as_ref().map(|a| a.listen),
+            max_connections: config.server.limits.max_connections,
+            log_format: config.log.format,
+            log_level: config.log.level.clone(),
+        }
+    }
+
+    /// The keys whose new values wait for a restart.
+    fn changed_keys(&self, new: &Bound) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.listen != new.listen {
+            keys.push("server.listen");
+        }
+        if self.admin != new.admin {
+            keys.push("admin.listen");
+        }
+        if self.max_connections != new.max_connections {
+            keys.push("server.limits.max_connections");
+        }
+        if self.log_format != new.log_format {
+            keys.push("log.format");
+        }
+        if self.log_level != new.log_level {
+            keys.push("log.level");
+        }
+        keys
+    }
+}
+
+/// The config file and the files it refers to, with a digest of their contents.
+#[derive(Clone, PartialEq)]
+struct Files {
+    paths: Vec<PathBuf>,
+    digest: Option<[u8; 32]>,
+}
+
+impl Files {
+    fn of(config: &Config) -> Files {
+        let mut paths = vec![config.source.clone()];
+        paths.extend(config.files.iter().cloned());
+        paths.sort();
+        paths.dedup();
+        let digest = digest_of(&paths);
+        Files { paths, digest }
+    }
+}
+
+/// `None` when a file cannot be read right now (mid-rename): a reload will tell.
+fn digest_of(paths: &[PathBuf]) -> Option<[u8; 32]> {
+    use aws_lc_rs::digest;
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for path in paths {
+        let bytes = std::fs::read(path).ok()?;
+        ctx.update(&(path.as_os_str().len() as u64).to_be_bytes());
+        ctx.update(path.as_os_str().as_encoded_bytes());
+        ctx.update(&(bytes.len() as u64).to_be_bytes());
+        ctx.update(&bytes);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    Some(out)
+}
+
+impl Snapshot {
+    fn build(
+        config: &Config,
+        clock: WallClock,
+        metrics: &Arc<Metrics>,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, String> {
+        let self_signed = config.server.tls.as_ref().and_then(|t| match &t.source {
+            TlsSource::SelfSigned(names) => Some((names.clone(), t.min_version)),
+            TlsSource::Files { .. } => None,
+        });
+        let kept_tls = previous
+            .filter(|p| self_signed.is_some() && p.self_signed == self_signed)
+            .and_then(|p| p.tls.clone());
+        let tls = match (kept_tls, &config.server.tls) {
+            (Some(kept), _) => Some(kept),
+            (None, Some(t)) => Some(tls::served(t)?),
+            (None, None) => None,
+        };
+        let gate = Gate::build(
+            config,
+            clock,
+            Arc::clone(metrics),
+            previous.map(|p| p.gate.as_ref()),
+        )?;
+        Ok(Snapshot {
+            gate: Arc::new(gate),
+            tls,
+            timeouts: config.server.timeouts,
+            limits: config.server.limits,
+            shutdown_grace: config.server.shutdown_grace,
+            admin: config.admin.clone(),
+            self_signed,
+            watched: Files::of(config),
+            bound: Bound::of(config),
+        })
+    }
+}
+
+/// What started a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// SIGHUP, or a caller that wants a reload whatever the files say.
+    Signal,
+    /// A watched directory changed: reload only if a watched file's contents did.
+    FileChange,
+}
+
+/// Reload attempts so far, published for tests and `sallyport check`-style tooling.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadStatus {
+    /// Reloads tried (a watched change that changed no watched file is not one).
+    pub attempts: u64,
+    pub successes: u64,
+    /// Why the last attempt failed, if it did.
+    pub last_error: Option<String>,
+}
+
+/// Owns the current snapshot and replaces it.
+pub struct Reloader {
+    path: PathBuf,
+    clock: WallClock,
+    metrics: Arc<Metrics>,
+    current: ArcSwap<Snapshot>,
+    /// What the listeners were started with.
+    bound: Bound,
+    /// One reload at a time: a burst of triggers must not interleave two builds.
+    serial: Mutex<()>,
+    status: watch::Sender<ReloadStatus>,
+    watcher: Mutex<Option<(Vec<PathBuf>, FileWatcher)>>,
+}
+
+impl Reloader {
+    pub fn new(
+        config: &Config,
+        clock: WallClock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Reloader, String> {
+        let snapshot = Snapshot::build(config, clock.clone(), &metrics, None)?;
+        if let Some(expiry) = snapshot.tls.as_ref().and_then(|t| t.not_after) {
+            metrics.set_certificate_expiry(expiry);
+        }
+        Ok(Reloader {
+            path: config.source.clone(),
+            clock,
+            metrics,
+            bound: snapshot.bound.clone(),
+            current: ArcSwap::from_pointee(snapshot),
+            serial: Mutex::new(()),
+            status: watch::Sender::new(ReloadStatus::default()),
+            watcher: Mutex::new(None),
+        })
+    }
+
+    /// The snapshot new connections and requests use.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn status(&self) -> watch::Receiver<ReloadStatus> {
+        self.status.subscribe()
+    }
+
+    /// Reads and builds everything again and swaps it in; blocking (file reads, hashing
+    /// setup), so async callers run it on the blocking pool. Returns whether a new
+    /// snapshot is in place.
+    pub fn reload(self: &Arc<Self>, trigger: Trigger) -> bool {
+        let swapped = {
+            let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+            let current = self.current.load_full();
+            if trigger == Trigger::FileChange {
+                let now = digest_of(&current.watched.paths);
+                if now.is_some() && now == current.watched.digest {
+                    return false;
+                }
+            }
+            let built = Config::load(&self.path)
+                .map_err(|errors| errors.to_string())
+                .and_then(|config| {
+                    Snapshot::build(&config, self.clock.clone(), &self.metrics, Some(&current))
+                });
+            match built {
+                Ok(snapshot) => {
+                    let restart = self.bound.changed_keys(&snapshot.bound);
+                    if !restart.is_empty() {
+                        tracing::warn!(
+                            keys = ?restart,
+                            "these settings changed but only take effect after a restart; the rest of the new config is in use"
+                        );
+                    }
+                    if let Some(expiry) = snapshot.tls.as_ref().and_then(|t| t.not_after) {
+                        self.metrics.set_certificate_expiry(expiry);
+                    }
+                    tracing::info!(?trigger, file = %self.path.display(), "config reloaded");
+                    self.current.store(Arc::new(snapshot));
+                    self.metrics.reloaded(true);
+                    self.status.send_modify(|s| {
+                        s.attempts += 1;
+                        s.successes += 1;
+                        s.last_error = None;
+                    });
+                    true
+                }
+                Err(why) => {
+                    tracing::error!(?trigger, error = %why, "reload failed; still serving the previous config");
+                    self.metrics.reloaded(false);
+                    self.status.send_modify(|s| {
+                        s.attempts += 1;
+                        s.last_error = Some(why);
+                    });
+                    false
+                }
+            }
+        };
+        if swapped {
+            if let Err(why) = self.watch() {
+                tracing::warn!(error = %why, "cannot watch the new config's files; SIGHUP still reloads");
+            }
+        }
+        swapped
+    }
+
+    /// Watches the current snapshot's files (again, when a reload changed which).
+    pub fn watch(self: &Arc<Self>) -> Result<(), String> {
+        let paths = self.current.load().watched.paths.clone();
+        let mut slot = self.watcher.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|(watched, _)| *watched == paths) {
+            return Ok(());
+        }
+        let weak = Arc::downgrade(self);
+        let watcher = FileWatcher::start(&paths, Duration::from_millis(200), move || {
+            if let Some(reloader) = weak.upgrade() {
+                reloader.reload(Trigger::FileChange);
+            }
+        })?;
+        *slot = Some((paths, watcher));
+        Ok(())
+    }
+}
 
 pub struct FileWatcher {
     _watcher: notify::RecommendedWatcher,

@@ -135,7 +135,7 @@ impl Failure {
         }
     }
 
-    fn description(&self) -> &'static str {
+    pub fn description(&self) -> &'static str {
         match self {
             Failure::Unauthenticated(c) => c.bearer_error.map_or(
                 "Valid credentials are required to access this resource.",

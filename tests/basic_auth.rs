@@ -69,9 +69,9 @@ impl Setup {
             .as_u16()
     }
 
-    async fn reloaded(&self, previous_attempts: u64) -> sallyport::auth::basic::ReloadStatus {
+    async fn reloaded(&self, previous_attempts: u64) -> sallyport::reload::ReloadStatus {
         // Not a sleep: wait for the watcher to report a reload, bounded in time.
-        let mut rx = self.proxy.basic_reloads.clone().expect("basic auth is on");
+        let mut rx = self.proxy.reloader.status();
         tokio::time::timeout(
             Duration::from_secs(10),
             rx.wait_for(|s| s.attempts > previous_attempts),
@@ -83,7 +83,7 @@ impl Setup {
     }
 
     fn reload_attempts(&self) -> u64 {
-        self.proxy.basic_reloads.as_ref().unwrap().borrow().attempts
+        self.proxy.reloader.status().borrow().attempts
     }
 }
 

@@ -150,12 +150,262 @@ auth = "public"
 }
 
 #[test]
-fn sections_of_later_features_are_named_not_silently_ignored() {
-    let (code, _, stderr, _dir) = check(
-        "[admin]\nlisten = \"127.0.0.1:9090\"\n\n[[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\nauth = \"public\"\n",
-    );
+fn the_admin_listener_needs_an_address_of_its_own() {
+    let route = "[[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\nauth = \"public\"\n";
+    let (code, _, stderr, _dir) = check(&format!("[admin]\ncheck_upstreams = false\n\n{route}"));
     assert_eq!(code, 1);
-    assert!(stderr.contains("bad.toml:1: admin:"), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml:1: admin.listen: is required"),
+        "{stderr}"
+    );
+    let (code, _, stderr, _dir) = check(&format!(
+        "[server]\nlisten = [\"0.0.0.0:8443\"]\n[admin]\nlisten = \"127.0.0.1:8443\"\n\n{route}"
+    ));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("admin.listen: 127.0.0.1:8443 overlaps"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr, _dir) =
+        check(&format!("[admin]\nlisten = \"127.0.0.1:9090\"\n\n{route}"));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("admin:  http://127.0.0.1:9090/"),
+        "{stdout}"
+    );
+}
+
+/// Runs `sallyport explain` against `config` in `dir` with `stdin` as the password.
+fn explain(dir: &std::path::Path, config: &str, args: &[&str], stdin: &str) -> (i32, String) {
+    use std::io::Write;
+    let path = dir.join("sallyport.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("explain")
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn explain_walks_a_request_through_route_scheme_identity_rules_and_outcome() {
+    use sallyport::auth::htpasswd::{NewHash, hash_password};
+    let dir = tempfile::tempdir().unwrap();
+    let hash = hash_password(b"alice-pw", NewHash::Bcrypt { cost: 4 }).unwrap();
+    std::fs::write(dir.path().join("users"), format!("alice:{hash}\n")).unwrap();
+    std::fs::write(dir.path().join("token"), "not.a.jwt\n").unwrap();
+    let config = "[auth.basic]\nhtpasswd = \"users\"\n\
+        [[route]]\npath = \"/health\"\nupstream = \"builtin:echo\"\nauth = \"public\"\n\
+        [[route]]\npath = \"/admin\"\nupstream = \"http://127.0.0.1:9\"\nallow_users = [\"bob\"]\n\
+        [[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\n";
+    let request = |path: &str| format!("GET https://app.example.com{path}");
+
+    let (code, out) = explain(
+        dir.path(),
+        config,
+        &["--request", &request("/app/x"), "--basic", "alice"],
+        "alice-pw\n",
+    );
+    assert_eq!(code, 0, "{out}");
+    for line in [
+        "path:     /app/x",
+        "route:    / -> builtin:echo (authentication required)",
+        "scheme:   basic",
+        "identity: alice via basic",
+        "rules:    allowed",
+        "outcome:  forwarded to builtin:echo",
+    ] {
+        assert!(out.contains(line), "{line:?} in\n{out}");
+    }
+    assert!(
+        !out.contains("alice-pw"),
+        "the password is never printed:\n{out}"
+    );
+
+    let (_, out) = explain(
+        dir.path(),
+        config,
+        &["--request", &request("/app"), "--basic", "alice"],
+        "nope\n",
+    );
+    assert!(out.contains("outcome:  401 Unauthorized"), "{out}");
+    assert!(out.contains("reason:   invalid_password"), "{out}");
+    assert!(
+        out.contains("fix:      the password does not match"),
+        "{out}"
+    );
+
+    let (_, out) = explain(
+        dir.path(),
+        config,
+        &["--request", &request("/admin/users"), "--basic", "alice"],
+        "alice-pw\n",
+    );
+    assert!(
+        out.contains("route:    /admin -> http://127.0.0.1:9"),
+        "{out}"
+    );
+    assert!(out.contains("outcome:  403 Forbidden"), "{out}");
+    assert!(out.contains("reason:   forbidden_identity"), "{out}");
+
+    let (_, out) = explain(
+        dir.path(),
+        config,
+        &["--request", &request("/health/../app")],
+        "",
+    );
+    assert!(out.contains("path:     /app (normalised)"), "{out}");
+    assert!(out.contains("reason:   missing"), "{out}");
+
+    let (_, out) = explain(dir.path(), config, &["--request", &request("/health")], "");
+    assert!(out.contains("public: no authentication"), "{out}");
+    assert!(out.contains("outcome:  forwarded to builtin:echo"), "{out}");
+
+    let token = dir.path().join("token");
+    let token = token.to_str().unwrap();
+    let (_, out) = explain(
+        dir.path(),
+        config,
+        &["--request", &request("/x"), "--bearer-file", token],
+        "",
+    );
+    assert!(out.contains("presents: Bearer token (9 bytes)"), "{out}");
+    assert!(out.contains("reason:   unsupported_scheme"), "{out}");
+
+    let (code, out) = explain(dir.path(), config, &["--request", "GET /no-host"], "");
+    assert_eq!(code, 1);
+    assert!(out.contains("give the full URL"), "{out}");
+}
+
+/// The bound address a log line announces as `addr=...`.
+fn logged_addr(line: &str) -> Option<std::net::SocketAddr> {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix("addr="))
+        .and_then(|a| a.parse().ok())
+}
+
+fn scrape(admin: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(admin).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn sighup_reloads_the_running_process_and_healthcheck_probes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sallyport.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\nauth = \"public\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .env("SALLYPORT_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let kill = |signal: &str| {
+        assert!(
+            Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut admin = None;
+    for _ in 0..50 {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if line.contains("admin endpoints listening") {
+            admin = logged_addr(&line);
+            break;
+        }
+    }
+    let Some(admin) = admin else {
+        kill("-KILL");
+        panic!("no admin address logged; last: {line}");
+    };
+    assert!(scrape(admin).contains("sallyport_config_last_reload_successful 1"));
+
+    kill("-HUP");
+    // Wait for the reload's log line (bounded by the line count and the read timeout).
+    let mut reloaded = false;
+    for _ in 0..50 {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if line.contains("config reloaded") {
+            reloaded = true;
+            break;
+        }
+    }
+    assert!(reloaded, "no reload logged; last: {line}");
+    let metrics = scrape(admin);
+    assert!(
+        metrics.contains("sallyport_reloads_total{result=\"success\"} 1"),
+        "{metrics}"
+    );
+
+    // The healthcheck subcommand reads the admin address from the config, so give it one
+    // with the port that was bound.
+    let probe_config = dir.path().join("probe.toml");
+    std::fs::write(
+        &probe_config,
+        format!("[admin]\nlisten = \"{admin}\"\n\n[[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\nauth = \"public\"\n"),
+    )
+    .unwrap();
+    let probe = Command::new(BIN)
+        .arg("healthcheck")
+        .env("SALLYPORT_CONFIG", &probe_config)
+        .output()
+        .unwrap();
+    assert!(probe.status.success(), "{probe:?}");
+
+    kill("-TERM");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let down = Command::new(BIN)
+        .arg("healthcheck")
+        .env("SALLYPORT_CONFIG", &probe_config)
+        .output()
+        .unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach the admin listener"));
 }
 
 #[test]

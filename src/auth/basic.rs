@@ -11,26 +11,26 @@
 //!   flood of wrong passwords queues there while cached credentials skip the queue.
 //!
 //! A changed or removed user stops working at once: every cache hit is checked against
-//! the fingerprint of the user's current hash. An unknown user is checked against a dummy
+//! the fingerprint of the user's current hash. A reload builds a new `BasicAuth` around the
+//! new files and hands it the old cache, whose entries that fingerprint check keeps honest. An unknown user is checked against a dummy
 //! hash of the file's cost, so it takes as long as a wrong password.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use aws_lc_rs::hmac;
 use moka::future::Cache;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
 use super::Rejection;
 use super::groups::GroupFile;
 use super::htpasswd::HtpasswdFile;
 use crate::config::BasicConfig;
-use crate::reload::FileWatcher;
+use crate::metrics::CacheCounters;
 use crate::throttle::{Attempt, Throttled};
 
-/// The parsed files, replaced as a whole on reload.
+/// The parsed files; a reload builds a new one.
 pub struct UserDb {
     htpasswd: HtpasswdFile,
     groups: GroupFile,
@@ -38,8 +38,6 @@ pub struct UserDb {
     /// takes at least this long, so a wrong password for a user with a cheap hash answers
     /// no faster than an unknown user (who is checked against a dummy of that hash).
     failure_floor: Duration,
-    /// Raw bytes of both files, to skip reloads that change nothing.
-    source: (Vec<u8>, Option<Vec<u8>>),
 }
 
 impl UserDb {
@@ -52,7 +50,7 @@ impl UserDb {
     }
 }
 
-/// Counts only: the source bytes hold every hash (and any {PLAIN} password).
+/// Counts only: the entries hold every hash (and any {PLAIN} password).
 impl std::fmt::Debug for UserDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UserDb")
@@ -79,15 +77,14 @@ pub fn load_user_db(
         .map_err(|_| LoadFailure::Htpasswd(format!("{}: not UTF-8 text", htpasswd.display())))?;
     let file = HtpasswdFile::parse(users_text, allow_plain)
         .map_err(|e| LoadFailure::Htpasswd(format!("{}: {e}", htpasswd.display())))?;
-    let (group_file, group_bytes) = match groups {
-        None => (GroupFile::default(), None),
+    let group_file = match groups {
+        None => GroupFile::default(),
         Some(path) => {
             let bytes = read(path).map_err(LoadFailure::Groups)?;
             let text = std::str::from_utf8(&bytes)
                 .map_err(|_| LoadFailure::Groups(format!("{}: not UTF-8 text", path.display())))?;
-            let parsed = GroupFile::parse(text)
-                .map_err(|e| LoadFailure::Groups(format!("{}: {e}", path.display())))?;
-            (parsed, Some(bytes))
+            GroupFile::parse(text)
+                .map_err(|e| LoadFailure::Groups(format!("{}: {e}", path.display())))?
         }
     };
     // The NUL user cannot exist (control characters are refused at load), so this times
@@ -99,16 +96,7 @@ pub fn load_user_db(
         htpasswd: file,
         groups: group_file,
         failure_floor,
-        source: (users_bytes, group_bytes),
     })
-}
-
-/// Outcome of a reload attempt, published for tests and metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReloadStatus {
-    /// Incremented on every attempt that found changed content, successful or not.
-    pub attempts: u64,
-    pub last_error: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -127,46 +115,71 @@ enum Failed {
 }
 
 pub struct BasicAuth {
-    db: ArcSwap<UserDb>,
-    htpasswd_path: PathBuf,
-    groups_path: Option<PathBuf>,
-    allow_plain: bool,
+    db: Arc<UserDb>,
     /// The cache and the per-process HMAC key its keys are made with.
-    cache: Option<(Cache<[u8; 32], CachedCredential>, hmac::Key)>,
+    cache: Option<CredentialCache>,
     hashing: Arc<Semaphore>,
-    reloads: watch::Sender<ReloadStatus>,
-    watcher: Mutex<Option<FileWatcher>>,
+    counters: CacheCounters,
+}
+
+#[derive(Clone)]
+struct CredentialCache {
+    entries: Cache<[u8; 32], CachedCredential>,
+    key: Arc<hmac::Key>,
+    ttl: Duration,
 }
 
 /// Bound on cached credentials; each entry is a few dozen bytes.
 const CACHE_CAPACITY: u64 = 100_000;
 
 impl BasicAuth {
-    pub fn new(config: &BasicConfig) -> BasicAuth {
-        // Without a random key there is no safe cache key; verify every time instead.
-        let key =
-            hmac::Key::generate(hmac::HMAC_SHA256, &aws_lc_rs::rand::SystemRandom::new()).ok();
-        let cache = key.filter(|_| !config.cache_ttl.is_zero()).map(|key| {
-            let cache = Cache::builder()
-                .max_capacity(CACHE_CAPACITY)
-                .time_to_live(config.cache_ttl)
-                .build();
-            (cache, key)
-        });
-        let hashers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    /// `previous`: the `BasicAuth` this one replaces on reload; its cache (when the TTL is
+    /// unchanged) and its hashing slots carry over.
+    pub fn new(
+        config: &BasicConfig,
+        counters: CacheCounters,
+        previous: Option<&BasicAuth>,
+    ) -> BasicAuth {
+        let inherited = previous
+            .and_then(|p| p.cache.clone())
+            .filter(|c| c.ttl == config.cache_ttl);
+        let cache = match inherited {
+            Some(cache) => Some(cache),
+            // Without a random key there is no safe cache key; verify every time instead.
+            None if !config.cache_ttl.is_zero() => {
+                hmac::Key::generate(hmac::HMAC_SHA256, &aws_lc_rs::rand::SystemRandom::new())
+                    .ok()
+                    .map(|key| CredentialCache {
+                        entries: Cache::builder()
+                            .max_capacity(CACHE_CAPACITY)
+                            .time_to_live(config.cache_ttl)
+                            .build(),
+                        key: Arc::new(key),
+                        ttl: config.cache_ttl,
+                    })
+            }
+            None => None,
+        };
+        let hashing = previous.map_or_else(
+            || {
+                let hashers = std::thread::available_parallelism().map_or(2, |n| n.get());
+                Arc::new(Semaphore::new(hashers))
+            },
+            |p| Arc::clone(&p.hashing),
+        );
         for warning in config.users.warnings() {
             tracing::warn!(file = %config.htpasswd.display(), "{warning}");
         }
         BasicAuth {
-            db: ArcSwap::new(Arc::clone(&config.users)),
-            htpasswd_path: config.htpasswd.clone(),
-            groups_path: config.groups.clone(),
-            allow_plain: config.allow_plain,
+            db: Arc::clone(&config.users),
             cache,
-            hashing: Arc::new(Semaphore::new(hashers)),
-            reloads: watch::Sender::new(ReloadStatus::default()),
-            watcher: Mutex::new(None),
+            hashing,
+            counters,
         }
+    }
+
+    pub fn users(&self) -> usize {
+        self.db.users()
     }
 
     /// `attempt` is charged a guess before any hash is computed (not for cache hits).
@@ -177,27 +190,40 @@ impl BasicAuth {
         attempt: &Attempt,
     ) -> Result<super::Verified, Rejection> {
         let started = tokio::time::Instant::now();
-        let db = self.db.load_full();
+        let db = Arc::clone(&self.db);
         let outcome = match &self.cache {
             None => {
                 self.verify_uncached(Arc::clone(&db), user.clone(), password, attempt)
                     .await
             }
-            Some((cache, key)) => {
+            Some(CredentialCache {
+                entries: cache,
+                key,
+                ..
+            }) => {
                 let key = cache_key(key, &user, &password);
                 let current = db.htpasswd.fingerprint(&user);
+                let mut computed = false;
                 let cached = cache
-                    .try_get_with(
-                        key,
+                    .try_get_with(key, async {
+                        computed = true;
                         self.verify_uncached(
                             Arc::clone(&db),
                             user.clone(),
                             password.clone(),
                             attempt,
-                        ),
-                    )
+                        )
+                        .await
+                    })
                     .await
                     .map_err(|e| *e);
+                // A request that waited on another's identical verification did no
+                // hashing of its own: for the cache, a hit.
+                if computed {
+                    self.counters.miss();
+                } else if cached.is_ok() {
+                    self.counters.hit();
+                }
                 match cached {
                     Ok(c) if Some(c.fingerprint) == current => Ok(c),
                     Ok(_) => {
@@ -259,55 +285,6 @@ impl BasicAuth {
             (_, None) => Err(Failed::UnknownUser),
         }
     }
-
-    /// Re-reads the files. On any error the current users stay in place.
-    pub fn reload(&self) {
-        let current = self.db.load();
-        let loaded = load_user_db(
-            &self.htpasswd_path,
-            self.groups_path.as_deref(),
-            self.allow_plain,
-        );
-        let outcome = match loaded {
-            Ok(db) if db.source == current.source => return,
-            Ok(db) => {
-                for warning in db.warnings() {
-                    tracing::warn!(file = %self.htpasswd_path.display(), "{warning}");
-                }
-                tracing::info!(file = %self.htpasswd_path.display(), users = db.users(), "htpasswd reloaded");
-                self.db.store(Arc::new(db));
-                None
-            }
-            Err(LoadFailure::Htpasswd(e) | LoadFailure::Groups(e)) => {
-                tracing::error!(error = %e, "reload failed; keeping the previous users and groups");
-                Some(e)
-            }
-        };
-        self.reloads.send_modify(|s| {
-            s.attempts += 1;
-            s.last_error = outcome;
-        });
-    }
-
-    /// Watches the files' directories and reloads on change (debounced).
-    pub fn watch_files(self: &Arc<Self>) -> Result<(), String> {
-        let mut paths = vec![self.htpasswd_path.clone()];
-        paths.extend(self.groups_path.clone());
-        let weak = Arc::downgrade(self);
-        let watcher = FileWatcher::start(&paths, Duration::from_millis(200), move || {
-            if let Some(basic) = weak.upgrade() {
-                basic.reload();
-            }
-        })?;
-        if let Ok(mut slot) = self.watcher.lock() {
-            *slot = Some(watcher);
-        }
-        Ok(())
-    }
-
-    pub fn reload_status(&self) -> watch::Receiver<ReloadStatus> {
-        self.reloads.subscribe()
-    }
 }
 
 fn cache_key(key: &hmac::Key, user: &str, password: &[u8]) -> [u8; 32] {
@@ -345,13 +322,17 @@ mod tests {
         let users = Arc::new(load_user_db(&path, None, false).unwrap());
         let floor = users.failure_floor;
         assert!(floor > Duration::ZERO);
-        let basic = BasicAuth::new(&BasicConfig {
-            htpasswd: path,
-            groups: None,
-            cache_ttl: Duration::ZERO,
-            allow_plain: false,
-            users,
-        });
+        let basic = BasicAuth::new(
+            &BasicConfig {
+                htpasswd: path,
+                groups: None,
+                cache_ttl: Duration::ZERO,
+                allow_plain: false,
+                users,
+            },
+            CacheCounters::default(),
+            None,
+        );
         for (user, password) in [("cheap", "wrong"), ("nobody", "wrong"), ("dear", "wrong")] {
             let started = tokio::time::Instant::now();
             assert!(

@@ -24,7 +24,8 @@ use serde_json::Value;
 
 use super::jwks::{KeyRing, Lookup};
 use super::{Authenticated, Scheme};
-use crate::config::{ClaimPaths, IdentityHeaders, JwtConfig};
+use crate::config::{ClaimPaths, IdentityHeaders, JwksSource, JwtConfig};
+use crate::metrics::CacheCounters;
 
 /// Longest token we look at; real ones are a few KB at most.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -212,14 +213,47 @@ pub struct JwtAuth {
     /// OIDC: ID tokens end up in browser history (logout's `id_token_hint`) and logs;
     /// they must not work as API credentials.
     refuse_id_tokens: bool,
+    counters: CacheCounters,
+    /// The JWKS the keys come from, when they come from nothing else: a reload with the
+    /// same source keeps the fetched keys instead of starting without any.
+    jwks_only: Option<JwksSource>,
 }
 
 impl JwtAuth {
     pub fn new(config: &JwtConfig, headers: &IdentityHeaders) -> Result<JwtAuth, String> {
+        JwtAuth::build(config, headers, CacheCounters::default(), None)
+    }
+
+    /// `keys`: a ring to keep (from [`JwtAuth::keys_if_same_source`]) instead of a new one.
+    pub fn build(
+        config: &JwtConfig,
+        headers: &IdentityHeaders,
+        counters: CacheCounters,
+        keys: Option<Arc<KeyRing>>,
+    ) -> Result<JwtAuth, String> {
         if config.audiences.is_empty() {
             tracing::warn!(target: "sallyport::jwt", "auth.jwt.audiences is not set: tokens for any audience are accepted");
         }
-        Ok(JwtAuth::with_keys(config, headers, KeyRing::new(config)?))
+        let keys = match keys {
+            Some(keys) => keys,
+            None => KeyRing::new(config)?,
+        };
+        let mut jwt = JwtAuth::with_keys(config, headers, keys);
+        jwt.counters = counters;
+        jwt.jwks_only = config
+            .jwks
+            .clone()
+            .filter(|_| config.static_keys.is_empty());
+        Ok(jwt)
+    }
+
+    /// This ring, if `config` takes its keys from exactly the same JWKS and nothing else.
+    /// Static keys are always re-read, so a removed key stops working on reload.
+    pub fn keys_if_same_source(&self, config: &JwtConfig) -> Option<Arc<KeyRing>> {
+        let same = config.static_keys.is_empty()
+            && self.jwks_only.is_some()
+            && self.jwks_only == config.jwks;
+        same.then(|| Arc::clone(&self.verifier.keys))
     }
 
     /// Bearer tokens checked against an existing key ring (OIDC shares its IdP's).
@@ -244,6 +278,8 @@ impl JwtAuth {
             extra: headers.extra.clone(),
             cache,
             refuse_id_tokens: false,
+            counters: CacheCounters::default(),
+            jwks_only: None,
         }
     }
 
@@ -261,10 +297,12 @@ impl JwtAuth {
                 if hit.generation == self.verifier.keys.generation()
                     && hit.expires_at.saturating_add(self.leeway) >= now
                 {
+                    self.counters.hit();
                     return Ok(hit.identity);
                 }
                 cache.invalidate(&cache_key);
             }
+            self.counters.miss();
         }
         let generation = self.verifier.keys.generation();
         let claims = self.verifier.verify(token).await?;

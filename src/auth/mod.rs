@@ -21,7 +21,8 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
 use crate::clock::WallClock;
-use crate::config::{AuthConfig, IdentityHeaders};
+use crate::config::{AuthConfig, IdentityHeaders, OidcConfig};
+use crate::metrics::Metrics;
 use crate::respond::Challenge;
 use crate::throttle::{Attempt, Throttled};
 use basic::BasicAuth;
@@ -193,7 +194,10 @@ pub struct Authenticator {
     challenge: Challenge,
     basic: Option<Arc<BasicAuth>>,
     jwt: Option<JwtAuth>,
-    oidc: Option<Oidc>,
+    oidc: Option<Arc<Oidc>>,
+    /// What `oidc` was built from: a reload with the same settings keeps it (discovery,
+    /// keys, pending logins and in-flight refreshes).
+    oidc_settings: Option<(OidcConfig, IdentityHeaders)>,
 }
 
 impl Authenticator {
@@ -202,17 +206,44 @@ impl Authenticator {
         headers: &IdentityHeaders,
         clock: WallClock,
     ) -> Result<Authenticator, String> {
-        let basic = config.basic.as_ref().map(|b| Arc::new(BasicAuth::new(b)));
+        Authenticator::build(config, headers, clock, &Metrics::new(), None)
+    }
+
+    /// As [`Authenticator::new`], keeping from `previous` whatever the config still
+    /// describes the same way.
+    pub fn build(
+        config: &AuthConfig,
+        headers: &IdentityHeaders,
+        clock: WallClock,
+        metrics: &Metrics,
+        previous: Option<&Authenticator>,
+    ) -> Result<Authenticator, String> {
+        let basic = config.basic.as_ref().map(|b| {
+            Arc::new(BasicAuth::new(
+                b,
+                metrics.cache_counters("basic"),
+                previous.and_then(|p| p.basic.as_deref()),
+            ))
+        });
         let jwt = config
             .jwt
             .as_ref()
-            .map(|j| JwtAuth::new(j, headers))
+            .map(|j| {
+                let keys = previous
+                    .and_then(|p| p.jwt.as_ref())
+                    .and_then(|old| old.keys_if_same_source(j));
+                JwtAuth::build(j, headers, metrics.cache_counters("bearer"), keys)
+            })
             .transpose()?;
-        let oidc = config
-            .oidc
-            .as_ref()
-            .map(|o| Oidc::new(o, headers, clock))
-            .transpose()?;
+        let oidc_settings = config.oidc.clone().map(|o| (o, headers.clone()));
+        let reusable = previous
+            .filter(|p| p.oidc_settings.is_some() && p.oidc_settings == oidc_settings)
+            .and_then(|p| p.oidc.clone());
+        let oidc = match (reusable, &config.oidc) {
+            (Some(oidc), _) => Some(oidc),
+            (None, Some(o)) => Some(Arc::new(Oidc::new(o, headers, clock)?)),
+            (None, None) => None,
+        };
         Ok(Authenticator {
             challenge: Challenge {
                 realm: Arc::from(config.realm.as_str()),
@@ -223,18 +254,23 @@ impl Authenticator {
             basic,
             jwt,
             oidc,
+            oidc_settings,
         })
     }
 
     pub fn oidc(&self) -> Option<&Oidc> {
-        self.oidc.as_ref()
+        self.oidc.as_deref()
+    }
+
+    pub fn jwt(&self) -> Option<&JwtAuth> {
+        self.jwt.as_ref()
     }
 
     /// Bearer tokens go to `[auth.jwt]` when configured, else to the OIDC IdP's keys.
     fn bearer(&self) -> Option<&JwtAuth> {
         self.jwt
             .as_ref()
-            .or(self.oidc.as_ref().and_then(Oidc::bearer))
+            .or(self.oidc.as_deref().and_then(Oidc::bearer))
     }
 
     /// Checks a session cookie; the response must carry `set_cookies` either way.
@@ -375,6 +411,16 @@ pub enum Credential {
 }
 
 impl Credential {
+    /// The scheme the client tried, for metrics: `none` when it tried none we offer.
+    pub fn scheme_label(&self) -> &'static str {
+        match self {
+            Credential::Basic { .. } | Credential::Malformed(_) => "basic",
+            Credential::Bearer(_) | Credential::BadBearer(_) => "bearer",
+            Credential::Session => "session",
+            Credential::Missing | Credential::Unsupported => "none",
+        }
+    }
+
     /// The username the client claims, before anything is verified.
     pub fn presented_user(&self) -> Option<&str> {
         match self {

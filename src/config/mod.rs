@@ -32,7 +32,10 @@ use crate::routes::{self, HostPattern};
 #[derive(Debug)]
 pub struct Config {
     pub source: PathBuf,
+    /// Every file the config refers to, as read during validation: what a reload watches.
+    pub files: Vec<PathBuf>,
     pub server: Server,
+    pub admin: Option<Admin>,
     pub log: Log,
     pub headers: IdentityHeaders,
     pub auth: AuthConfig,
@@ -42,8 +45,16 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
+/// The operations listener: health, readiness and metrics, apart from traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// `/readyz` also needs every route's upstream to accept a connection.
+    pub check_upstreams: bool,
+}
+
 /// Failed-authentication throttling. A security control, so it is on unless turned off.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RateLimit {
     /// Failures per client (IPv4 /32, IPv6 /64) within `window` before it is blocked.
     pub max_failures: u32,
@@ -58,7 +69,7 @@ pub struct RateLimit {
 }
 
 /// Where shared counters live. The URL may carry a password, so it is never printed.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisTarget {
     pub url: String,
     /// Namespaces the keys, so deployments can share one Redis.
@@ -83,8 +94,9 @@ pub struct AuthConfig {
     pub oidc: Option<OidcConfig>,
 }
 
-/// Bytes that must never reach a log: `Debug` prints their length only.
-#[derive(Clone)]
+/// Bytes that must never reach a log: `Debug` prints their length only. `PartialEq` is
+/// for telling whether a reload changed the config, never for checking a credential.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Arc<[u8]>);
 
 impl Secret {
@@ -100,7 +112,7 @@ impl std::fmt::Debug for Secret {
 }
 
 /// OIDC browser login (authorization code + PKCE) and Bearer tokens from the same IdP.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OidcConfig {
     /// Exactly as configured: discovery must report the very same string.
     pub issuer: String,
@@ -146,7 +158,7 @@ pub struct JwtConfig {
     pub claims: ClaimPaths,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JwksSource {
     pub url: Uri,
     pub extra_roots: Vec<CertificateDer<'static>>,
@@ -155,7 +167,7 @@ pub struct JwksSource {
 
 /// Where identity lives in a token's claims: dotted paths into nested objects (a key
 /// that itself contains dots, like `https://example.com/groups`, is found as is first).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimPaths {
     pub user: String,
     pub email: String,
@@ -185,13 +197,13 @@ pub struct Server {
     pub limits: Limits,
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Tls {
     pub source: TlsSource,
     pub min_version: TlsVersion,
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum TlsSource {
     Files {
         cert_path: PathBuf,
@@ -240,7 +252,7 @@ pub struct Log {
 
 /// The headers through which the upstream learns who the user is. Client-supplied copies
 /// of every one of them are stripped on every request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityHeaders {
     pub user: HeaderName,
     pub email: HeaderName,
@@ -354,6 +366,7 @@ impl Config {
             map,
             base_dir,
             errors: Vec::new(),
+            files: Vec::new(),
         };
         let config = v.config(raw);
         if v.errors.is_empty() {
@@ -368,6 +381,7 @@ struct Validator<'a> {
     map: SourceMap<'a>,
     base_dir: PathBuf,
     errors: Vec<ConfigError>,
+    files: Vec<PathBuf>,
 }
 
 fn span_of<T>(s: &Spanned<T>) -> Option<Range<usize>> {
@@ -381,13 +395,7 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
-        if let Some(v) = &raw.admin {
-            self.fail(
-                span_of(v),
-                "admin",
-                "this section is not supported by this version of sallyport yet",
-            );
-        }
+        let admin = raw.admin.map(|a| self.admin(a));
         let cors = self.cors(raw.cors);
         let server = match raw.server {
             Some(s) => self.server(s.into_inner()),
@@ -415,9 +423,32 @@ impl Validator<'_> {
         if routes.is_empty() && self.errors.is_empty() {
             self.fail(None, "route", "at least one [[route]] is required");
         }
+        let admin = admin.flatten();
+        if let Some(admin) = &admin {
+            // Port 0 asks the kernel for a free port, which never clashes.
+            let overlaps = |l: &&SocketAddr| {
+                l.port() != 0
+                    && l.port() == admin.listen.port()
+                    && (l.ip() == admin.listen.ip()
+                        || l.ip().is_unspecified()
+                        || admin.listen.ip().is_unspecified())
+            };
+            if let Some(clash) = server.listen.iter().find(overlaps) {
+                self.fail(
+                    None,
+                    "admin.listen",
+                    format!(
+                        "{} overlaps server.listen {clash}: the admin endpoints need a port of their own",
+                        admin.listen
+                    ),
+                );
+            }
+        }
         Config {
             source: self.map.file.to_path_buf(),
+            files: std::mem::take(&mut self.files),
             server,
+            admin,
             log,
             headers,
             auth,
@@ -1199,7 +1230,10 @@ impl Validator<'_> {
     fn file(&mut self, raw: &Spanned<String>, key: &str) -> Option<PathBuf> {
         let path = self.base_dir.join(raw.get_ref());
         match std::fs::metadata(&path) {
-            Ok(m) if m.is_file() => Some(path),
+            Ok(m) if m.is_file() => {
+                self.files.push(path.clone());
+                Some(path)
+            }
             Ok(_) => {
                 self.fail(
                     span_of(raw),
@@ -1475,6 +1509,33 @@ impl Validator<'_> {
             max_connections,
             max_header_bytes,
             max_body_bytes,
+        }
+    }
+
+    fn admin(&mut self, raw: Spanned<RawAdmin>) -> Option<Admin> {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let Some(listen) = raw.listen else {
+            self.fail(
+                Some(span),
+                "admin.listen",
+                "is required: the address for /healthz, /readyz and /metrics, e.g. \"127.0.0.1:9090\"",
+            );
+            return None;
+        };
+        match listen.get_ref().trim().parse::<SocketAddr>() {
+            Ok(addr) => Some(Admin {
+                listen: addr,
+                check_upstreams: raw.check_upstreams.unwrap_or(true),
+            }),
+            Err(_) => {
+                self.fail(
+                    span_of(&listen),
+                    "admin.listen",
+                    "not an address: write IP:PORT, e.g. \"127.0.0.1:9090\" or \"[::1]:9090\"",
+                );
+                None
+            }
         }
     }
 

@@ -14,14 +14,19 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub headers: RawHeaders,
-    /// Sections whose features have not landed yet: accepted by the parser so the error can
-    /// say "not supported yet" instead of "unknown key".
-    pub admin: Option<Spanned<toml::Value>>,
+    pub admin: Option<Spanned<RawAdmin>>,
     pub auth: Option<Spanned<RawAuth>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
     pub cors: Option<Spanned<RawCors>>,
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<Spanned<String>>,
+    pub check_upstreams: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -55,6 +55,7 @@ pub enum Upstream {
     Unix {
         client: UnixClient,
         label: String,
+        socket: std::path::PathBuf,
     },
     Echo,
 }
@@ -128,6 +129,48 @@ fn tls_client_config_with(roots: rustls::RootCertStore) -> Result<rustls::Client
 }
 
 impl Upstream {
+    /// Whether the upstream accepts a connection right now (for `/readyz`): a TCP or Unix
+    /// connect, nothing sent.
+    pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
+        let connect = async {
+            match self {
+                Upstream::Echo => Ok(()),
+                Upstream::Http {
+                    scheme, authority, ..
+                } => {
+                    let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+                    let port = authority.port_u16().unwrap_or(default_port);
+                    let host = authority
+                        .host()
+                        .trim_start_matches('[')
+                        .trim_end_matches(']');
+                    tokio::net::TcpStream::connect((host, port))
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                }
+                Upstream::Unix { socket, .. } => tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+            }
+        };
+        tokio::time::timeout(timeout, connect)
+            .await
+            .unwrap_or_else(|_| Err(format!("no connection within {timeout:?}")))
+    }
+
+    /// Where requests go, for operators: `http://host:port`, `unix:/path`, `builtin:echo`.
+    pub fn describe(&self) -> String {
+        match self {
+            Upstream::Http {
+                scheme, authority, ..
+            } => format!("{scheme}://{authority}"),
+            Upstream::Unix { label, .. } => label.clone(),
+            Upstream::Echo => "builtin:echo".to_string(),
+        }
+    }
+
     pub fn build(target: &UpstreamTarget, timeouts: &Timeouts) -> Result<Upstream, String> {
         match target {
             UpstreamTarget::Echo => Ok(Upstream::Echo),
@@ -139,6 +182,7 @@ impl Upstream {
                 Ok(Upstream::Unix {
                     client,
                     label: describe_upstream(target),
+                    socket: socket.clone(),
                 })
             }
             UpstreamTarget::Http {
@@ -252,7 +296,7 @@ pub async fn forward(
             )
             .await
         }
-        Upstream::Unix { client, label } => {
+        Upstream::Unix { client, label, .. } => {
             parts.uri = Uri::builder()
                 .scheme(Scheme::HTTP)
                 .authority("localhost")

@@ -4,9 +4,13 @@
 //! `Server::bind` does everything that can fail at start (sockets, TLS material,
 //! upstream clients); `Server::run` then serves until the shutdown future resolves, stops
 //! accepting, lets in-flight requests finish within `shutdown_grace`, and returns.
+//!
+//! Connections take their TLS setup and timeouts from the snapshot current when they are
+//! accepted; each request takes the gate current when it arrives (see [`crate::reload`]).
 
 pub(crate) mod activity;
-mod tls;
+pub mod admin;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,30 +24,24 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::WallClock;
-use crate::config::{Config, Limits, Timeouts};
-use crate::gate::{ConnInfo, Gate};
+use crate::config::Config;
+use crate::gate::ConnInfo;
+use crate::metrics::Metrics;
 use crate::proxy::UpgradeRelay;
+use crate::reload::{Reloader, Snapshot};
 use activity::{Activity, ActivityIo};
 
 pub use tls::acceptor as tls_acceptor;
 
 pub struct Server {
     listeners: Vec<TcpListener>,
-    shared: Arc<Shared>,
-    shutdown_grace: Duration,
+    admin: Option<TcpListener>,
+    reloader: Arc<Reloader>,
     max_connections: usize,
-}
-
-struct Shared {
-    gate: Gate,
-    tls: Option<TlsAcceptor>,
-    timeouts: Timeouts,
-    limits: Limits,
 }
 
 impl Server {
@@ -54,16 +52,13 @@ impl Server {
 
     /// As [`Server::bind`], with sessions timed by `clock`.
     pub async fn bind_with_clock(config: &Config, clock: WallClock) -> Result<Server, String> {
-        let tls = config.server.tls.as_ref().map(tls::acceptor).transpose()?;
-        let gate = Gate::new(config, clock)?;
-        if let Some(basic) = gate.authenticator().basic() {
-            basic.watch_files()?;
-            if tls.is_none() {
-                tracing::warn!(
-                    "!!! HTTP Basic is enabled on a plain-HTTP listener: passwords cross the network in clear text. \
-                     Configure [server.tls], or terminate TLS in front of sallyport and listen on loopback only. !!!"
-                );
-            }
+        let reloader = Arc::new(Reloader::new(config, clock, Arc::new(Metrics::new()))?);
+        let snapshot = reloader.current();
+        if snapshot.gate.authenticator().basic().is_some() && snapshot.tls.is_none() {
+            tracing::warn!(
+                "!!! HTTP Basic is enabled on a plain-HTTP listener: passwords cross the network in clear text. \
+                 Configure [server.tls], or terminate TLS in front of sallyport and listen on loopback only. !!!"
+            );
         }
         let mut listeners = Vec::new();
         for addr in &config.server.listen {
@@ -72,17 +67,30 @@ impl Server {
                     .map_err(|e| format!("server.listen: cannot listen on {addr}: {e}"))?,
             );
         }
+        let admin = match &config.admin {
+            Some(admin) => Some(
+                bind_listener(admin.listen)
+                    .map_err(|e| format!("admin.listen: cannot listen on {}: {e}", admin.listen))?,
+            ),
+            None => None,
+        };
+        reloader.watch()?;
         Ok(Server {
             listeners,
-            shared: Arc::new(Shared {
-                gate,
-                tls,
-                timeouts: config.server.timeouts,
-                limits: config.server.limits,
-            }),
-            shutdown_grace: config.server.shutdown_grace,
+            admin,
+            reloader,
             max_connections: config.server.limits.max_connections,
         })
+    }
+
+    /// The admin listener's address, when `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Reloads on demand (SIGHUP) and reports reload outcomes.
+    pub fn reloader(&self) -> Arc<Reloader> {
+        Arc::clone(&self.reloader)
     }
 
     /// The bound addresses (useful when the config asked for port 0).
@@ -94,32 +102,34 @@ impl Server {
     }
 
     pub fn is_tls(&self) -> bool {
-        self.shared.tls.is_some()
-    }
-
-    /// Reload attempts of the htpasswd/group files, when Basic auth is on.
-    pub fn basic_reloads(
-        &self,
-    ) -> Option<tokio::sync::watch::Receiver<crate::auth::basic::ReloadStatus>> {
-        self.shared
-            .gate
-            .authenticator()
-            .basic()
-            .map(|b| b.reload_status())
+        self.reloader.current().tls.is_some()
     }
 
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let stop = CancellationToken::new();
+        let admin_stop = CancellationToken::new();
         let connections = TaskTracker::new();
         let limiter = Arc::new(Semaphore::new(self.max_connections));
+        let admin = self.admin.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "admin endpoints listening: /healthz /readyz /metrics");
+            }
+            tokio::spawn(admin::serve(
+                listener,
+                Arc::clone(&self.reloader),
+                stop.clone(),
+                admin_stop.clone(),
+            ))
+        });
+        let tls = self.reloader.current().tls.is_some();
         let mut accept_loops = Vec::new();
         for listener in self.listeners {
             if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, tls = self.shared.tls.is_some(), "listening");
+                tracing::info!(%addr, tls, "listening");
             }
             accept_loops.push(tokio::spawn(accept_loop(
                 listener,
-                Arc::clone(&self.shared),
+                Arc::clone(&self.reloader),
                 Arc::clone(&limiter),
                 stop.clone(),
                 connections.clone(),
@@ -127,13 +137,17 @@ impl Server {
         }
 
         shutdown.await;
-        tracing::info!(grace = ?self.shutdown_grace, "shutting down: no new connections, draining in-flight requests");
+        let grace = self.reloader.current().shutdown_grace;
+        tracing::info!(
+            ?grace,
+            "shutting down: no new connections, draining in-flight requests"
+        );
         stop.cancel();
         for l in accept_loops {
             let _ = l.await;
         }
         connections.close();
-        if tokio::time::timeout(self.shutdown_grace, connections.wait())
+        if tokio::time::timeout(grace, connections.wait())
             .await
             .is_err()
         {
@@ -141,6 +155,10 @@ impl Server {
                 open = connections.len(),
                 "shutdown grace period over; closing remaining connections"
             );
+        }
+        admin_stop.cancel();
+        if let Some(admin) = admin {
+            let _ = admin.await;
         }
     }
 }
@@ -165,7 +183,7 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 async fn accept_loop(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    reloader: Arc<Reloader>,
     limiter: Arc<Semaphore>,
     stop: CancellationToken,
     connections: TaskTracker,
@@ -193,15 +211,18 @@ async fn accept_loop(
             () = stop.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
+        let snapshot = reloader.current();
+        let open = reloader.metrics().connection_opened();
         let relay = UpgradeRelay {
-            connection_slot: Arc::new(permit),
+            connection_slot: Arc::new((permit, open)),
             tracker: connections.clone(),
-            idle: shared.timeouts.idle,
+            idle: snapshot.timeouts.idle,
         };
         connections.spawn(serve_connection(
             stream,
             peer,
-            Arc::clone(&shared),
+            snapshot,
+            Arc::clone(&reloader),
             stop.clone(),
             relay,
         ));
@@ -211,19 +232,27 @@ async fn accept_loop(
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    shared: Arc<Shared>,
+    snapshot: Arc<Snapshot>,
+    reloader: Arc<Reloader>,
     stop: CancellationToken,
     relay: UpgradeRelay,
 ) {
     let activity = Activity::new();
     let io = ActivityIo::new(stream, activity.clone());
-    match &shared.tls {
+    let conn = Connection {
+        snapshot: &snapshot,
+        reloader: &reloader,
+        stop: &stop,
+        activity: &activity,
+    };
+    match &snapshot.tls {
         None => {
             let info = ConnInfo { peer, tls: false };
-            serve_http(io, info, &shared, &stop, &activity, relay, true).await;
+            serve_http(io, info, conn, relay, true).await;
         }
-        Some(acceptor) => {
-            let handshake = tokio::time::timeout(shared.timeouts.handshake, acceptor.accept(io));
+        Some(served) => {
+            let handshake =
+                tokio::time::timeout(snapshot.timeouts.handshake, served.acceptor.accept(io));
             let tls = tokio::select! {
                 result = handshake => match result {
                     Ok(Ok(tls)) => tls,
@@ -243,38 +272,56 @@ async fn serve_connection(
             // the request-head deadline applies to HTTP/1 only.
             let http1 = tls.get_ref().1.alpn_protocol() != Some(b"h2");
             let info = ConnInfo { peer, tls: true };
-            serve_http(tls, info, &shared, &stop, &activity, relay, http1).await;
+            serve_http(tls, info, conn, relay, http1).await;
         }
     }
+}
+
+/// What serving one connection needs besides its IO.
+#[derive(Clone, Copy)]
+struct Connection<'a> {
+    /// Current when the connection was accepted: its TLS, timeouts and limits.
+    snapshot: &'a Snapshot,
+    reloader: &'a Arc<Reloader>,
+    stop: &'a CancellationToken,
+    activity: &'a Activity,
 }
 
 async fn serve_http<IO>(
     io: IO,
     info: ConnInfo,
-    shared: &Arc<Shared>,
-    stop: &CancellationToken,
-    activity: &Activity,
+    conn: Connection<'_>,
     relay: UpgradeRelay,
     head_deadline: bool,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Connection {
+        snapshot,
+        reloader,
+        stop,
+        activity,
+    } = conn;
     let service = {
-        let shared = Arc::clone(shared);
+        let reloader = Arc::clone(reloader);
         let activity = activity.clone();
         service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            let shared = Arc::clone(&shared);
+            // The gate current now: a reload between two requests on one keep-alive
+            // connection applies to the second.
+            let gate = Arc::clone(&reloader.current().gate);
             let in_flight = activity.begin_request();
             // An upgraded connection outlives this service call; it takes the connection's
             // slot and shutdown tracking with it.
             request.extensions_mut().insert(relay.clone());
             async move {
-                let response = shared.gate.handle(request, &info).await;
+                let response = gate.handle(request, &info).await;
                 drop(in_flight);
                 Ok::<_, Infallible>(response)
             }
         })
     };
+    let timeouts = snapshot.timeouts;
+    let limits = snapshot.limits;
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -282,13 +329,13 @@ async fn serve_http<IO>(
         .timer(TokioTimer::new())
         // Only a backstop: `Activity::head_overdue` enforces header_read from the first byte
         // of a head, and `idle` governs the wait between keep-alive requests.
-        .header_read_timeout(shared.timeouts.header_read.max(shared.timeouts.idle))
-        .max_buf_size(shared.limits.max_header_bytes.max(8192))
+        .header_read_timeout(timeouts.header_read.max(timeouts.idle))
+        .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(shared.limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(250);
 
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -306,11 +353,11 @@ async fn serve_http<IO>(
                 connection.as_mut().graceful_shutdown();
                 draining = true;
             }
-            () = activity.head_overdue(shared.timeouts.header_read), if head_deadline => {
+            () = activity.head_overdue(timeouts.header_read), if head_deadline => {
                 tracing::debug!(peer = %info.peer, "request head not complete within header_read; closing");
                 return;
             }
-            () = activity.idle_for(shared.timeouts.idle) => {
+            () = activity.idle_for(timeouts.idle) => {
                 if draining {
                     // Asked to close politely once and still silent: drop it.
                     return;

@@ -9,10 +9,27 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{Tls, TlsSource, TlsVersion};
 
 pub fn acceptor(tls: &Tls) -> Result<TlsAcceptor, String> {
+    served(tls).map(|s| s.acceptor)
+}
+
+/// A TLS setup ready to serve: the acceptor and when its certificate expires.
+#[derive(Clone)]
+pub struct Served {
+    pub acceptor: TlsAcceptor,
+    /// The leaf certificate's `notAfter`, Unix seconds (for the expiry metric).
+    pub not_after: Option<i64>,
+}
+
+pub fn served(tls: &Tls) -> Result<Served, String> {
     let (chain, key) = match &tls.source {
         TlsSource::Files { chain, key, .. } => (chain.clone(), key.clone_key()),
         TlsSource::SelfSigned(names) => self_signed(names)?,
     };
+    let not_after = chain.first().and_then(|leaf| {
+        x509_parser::parse_x509_certificate(leaf)
+            .ok()
+            .map(|(_, cert)| cert.validity().not_after.timestamp())
+    });
     let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
@@ -25,7 +42,10 @@ pub fn acceptor(tls: &Tls) -> Result<TlsAcceptor, String> {
         .with_single_cert(chain, key)
         .map_err(|e| format!("server.tls: certificate and key are not a usable pair: {e}"))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(Served {
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+        not_after,
+    })
 }
 
 /// A throwaway certificate for development; it lives only in memory.

@@ -160,6 +160,14 @@ impl ThrottledBy {
             ThrottledBy::User => "throttled_user",
         }
     }
+
+    /// What was throttled: `client` or `user`.
+    pub fn short(self) -> &'static str {
+        match self {
+            ThrottledBy::Client => "client",
+            ThrottledBy::User => "user",
+        }
+    }
 }
 
 /// What a recorded failure changed: set when this failure started a block.

@@ -137,7 +137,8 @@ pub fn url(addr: SocketAddr, path: &str) -> String {
 pub struct Proxy {
     pub addr: SocketAddr,
     pub addrs: Vec<SocketAddr>,
-    pub basic_reloads: Option<tokio::sync::watch::Receiver<sallyport::auth::basic::ReloadStatus>>,
+    pub admin: Option<SocketAddr>,
+    pub reloader: Arc<sallyport::reload::Reloader>,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<()>>,
 }
@@ -156,7 +157,8 @@ impl Proxy {
             .unwrap_or_else(|e| panic!("test config is invalid:\n{e}\n---\n{config}"));
         let server = Server::bind_with_clock(&config, clock).await.unwrap();
         let addrs = server.local_addrs();
-        let basic_reloads = server.basic_reloads();
+        let admin = server.admin_addr();
+        let reloader = server.reloader();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             let _ = rx.await;
@@ -164,7 +166,8 @@ impl Proxy {
         Proxy {
             addr: addrs[0],
             addrs,
-            basic_reloads,
+            admin,
+            reloader,
             shutdown: Some(tx),
             task: Some(task),
         }

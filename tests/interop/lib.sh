@@ -43,7 +43,7 @@ start_sallyport() {
     SP_PID=$!
     SP_ADDR=
     for _ in $(seq 1 100); do
-        SP_ADDR=$(grep -o 'addr=[0-9.:]*' "$log" | head -1 | cut -d= -f2 || true)
+        SP_ADDR=$(grep -v 'admin endpoints' "$log" | grep -o 'addr=[0-9.:]*' | head -1 | cut -d= -f2 || true)
         [ -n "$SP_ADDR" ] && return 0
         kill -0 "$SP_PID" 2>/dev/null || break
         sleep 0.1
