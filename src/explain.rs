@@ -29,6 +29,20 @@ pub async fn explain(
     let (method, uri) = parse_request(request)?;
     config.rate_limit = None;
     let gate = Gate::new(&config, WallClock::system())?;
+    if let Some(oidc) = gate.authenticator().oidc() {
+        // Bearer tokens from the IdP need its keys, found through discovery.
+        for _ in 0..50 {
+            if oidc.is_ready() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        if !oidc.is_ready() {
+            eprintln!(
+                "sallyport: the OIDC provider has not answered discovery within 5 s; tokens and sessions will be reported unavailable"
+            );
+        }
+    }
     let mut headers = HeaderMap::new();
     let credential = match &presented {
         Presented::None => "none".to_string(),

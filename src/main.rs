@@ -1,6 +1,7 @@
 //! The command line: parse arguments, load the config, hand over to the server.
 #![forbid(unsafe_code)]
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -163,7 +164,7 @@ fn explain(
     };
     match runtime.block_on(sallyport::explain::explain(config, request, presented)) {
         Ok(report) => {
-            print!("{report}");
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), report.as_bytes());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -289,7 +290,9 @@ fn check(path: &Path) -> ExitCode {
         eprintln!("{}: {e}", path.display());
         return ExitCode::from(1);
     }
-    println!("{}: OK", path.display());
+    // Written in one go, ignoring a closed pipe: `sallyport check | head -1` must not panic.
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: OK", path.display());
     let listen: Vec<String> = config.server.listen.iter().map(|a| a.to_string()).collect();
     let tls = match &config.server.tls {
         None => "off (plain HTTP)".to_string(),
@@ -319,10 +322,11 @@ fn check(path: &Path) -> ExitCode {
             r.max_tracked,
         ),
     };
-    println!("  listen: {}", listen.join(", "));
-    println!("  tls:    {tls}");
-    match &config.admin {
-        Some(admin) => println!(
+    let _ = writeln!(out, "  listen: {}", listen.join(", "));
+    let _ = writeln!(out, "  tls:    {tls}");
+    let _ = match &config.admin {
+        Some(admin) => writeln!(
+            out,
             "  admin:  http://{}/ (healthz, readyz{}, metrics)",
             admin.listen,
             if admin.check_upstreams {
@@ -331,11 +335,15 @@ fn check(path: &Path) -> ExitCode {
                 ""
             }
         ),
-        None => println!("  admin:  off (no health, readiness or metrics endpoints)"),
-    }
-    println!("  throttling: {throttle}");
+        None => writeln!(
+            out,
+            "  admin:  off (no health, readiness or metrics endpoints)"
+        ),
+    };
+    let _ = writeln!(out, "  throttling: {throttle}");
     if let Some(basic) = &config.auth.basic {
-        println!(
+        let _ = writeln!(
+            out,
             "  basic:  {} ({} users)",
             basic.htpasswd.display(),
             basic.users.users()
@@ -348,7 +356,8 @@ fn check(path: &Path) -> ExitCode {
         }
         sources.extend(jwt.static_keys.iter().map(|(name, _)| name.clone()));
         let algorithms: Vec<String> = jwt.algorithms.iter().map(|a| format!("{a:?}")).collect();
-        println!(
+        let _ = writeln!(
+            out,
             "  bearer: {} [{}], issuer {}, audiences {}",
             sources.join(", "),
             algorithms.join(", "),
@@ -361,7 +370,8 @@ fn check(path: &Path) -> ExitCode {
         );
     }
     if let Some(oidc) = &config.auth.oidc {
-        println!(
+        let _ = writeln!(
+            out,
             "  oidc:   issuer {}, client {} ({}), scopes {}",
             oidc.issuer,
             oidc.client_id,
@@ -372,7 +382,8 @@ fn check(path: &Path) -> ExitCode {
             },
             oidc.scopes.join(" "),
         );
-        println!(
+        let _ = writeln!(
+            out,
             "          redirect_uri {}/.sallyport/callback; sessions in {}, idle {}, max {}; Bearer audiences {}",
             oidc.public_url.to_string().trim_end_matches('/'),
             if oidc.session_store.is_some() {
@@ -385,10 +396,11 @@ fn check(path: &Path) -> ExitCode {
             oidc.audiences.join(", "),
         );
     }
-    println!("  routes:");
+    let _ = writeln!(out, "  routes:");
     for line in RouteTable::describe(&config.routes) {
-        println!("    {line}");
+        let _ = writeln!(out, "    {line}");
     }
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
     ExitCode::SUCCESS
 }
 

@@ -89,16 +89,24 @@ impl Bound {
 #[derive(Clone, PartialEq)]
 struct Files {
     paths: Vec<PathBuf>,
+    /// The contents the snapshot was built from, when known for certain; `None` makes the
+    /// next watched change reload whatever the contents say.
     digest: Option<[u8; 32]>,
 }
 
 impl Files {
-    fn of(config: &Config) -> Files {
+    /// `before`: the digest of the same files taken before the config was read. Only when
+    /// nothing changed between that and now is the digest known to describe what was
+    /// loaded; a write that raced the load must not make its own reload look redundant.
+    fn of(config: &Config, before: Option<&Files>) -> Files {
         let mut paths = vec![config.source.clone()];
         paths.extend(config.files.iter().cloned());
         paths.sort();
         paths.dedup();
-        let digest = digest_of(&paths);
+        let after = digest_of(&paths);
+        let digest = before
+            .filter(|b| b.paths == paths && b.digest.is_some() && b.digest == after)
+            .and(after);
         Files { paths, digest }
     }
 }
@@ -120,12 +128,24 @@ fn digest_of(paths: &[PathBuf]) -> Option<[u8; 32]> {
 }
 
 impl Snapshot {
+    /// `read_before`: the watched files' digest taken before `config` was read.
     fn build(
         config: &Config,
         clock: WallClock,
         metrics: &Arc<Metrics>,
         previous: Option<&Snapshot>,
+        read_before: Option<&Files>,
     ) -> Result<Snapshot, String> {
+        if let Some(p) = previous {
+            if p.tls.is_some() != config.server.tls.is_some() {
+                // A listener must not switch between TLS and plain HTTP under its clients
+                // (a deleted [server.tls] would put Basic passwords on the wire).
+                return Err(
+                    "adding or removing [server.tls] needs a restart; the running config stays"
+                        .into(),
+                );
+            }
+        }
         let self_signed = config.server.tls.as_ref().and_then(|t| match &t.source {
             TlsSource::SelfSigned(names) => Some((names.clone(), t.min_version)),
             TlsSource::Files { .. } => None,
@@ -152,7 +172,7 @@ impl Snapshot {
             shutdown_grace: config.server.shutdown_grace,
             admin: config.admin.clone(),
             self_signed,
-            watched: Files::of(config),
+            watched: Files::of(config, read_before),
             bound: Bound::of(config),
         })
     }
@@ -197,7 +217,9 @@ impl Reloader {
         clock: WallClock,
         metrics: Arc<Metrics>,
     ) -> Result<Reloader, String> {
-        let snapshot = Snapshot::build(config, clock.clone(), &metrics, None)?;
+        // The config was read before we could take a digest: the first watched change
+        // reloads unconditionally.
+        let snapshot = Snapshot::build(config, clock.clone(), &metrics, None, None)?;
         if let Some(expiry) = snapshot.tls.as_ref().and_then(|t| t.not_after) {
             metrics.set_certificate_expiry(expiry);
         }
@@ -230,19 +252,29 @@ impl Reloader {
     /// setup), so async callers run it on the blocking pool. Returns whether a new
     /// snapshot is in place.
     pub fn reload(self: &Arc<Self>, trigger: Trigger) -> bool {
-        let swapped = {
+        {
             let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
             let current = self.current.load_full();
-            if trigger == Trigger::FileChange {
-                let now = digest_of(&current.watched.paths);
-                if now.is_some() && now == current.watched.digest {
-                    return false;
-                }
+            let before = Files {
+                paths: current.watched.paths.clone(),
+                digest: digest_of(&current.watched.paths),
+            };
+            if trigger == Trigger::FileChange
+                && before.digest.is_some()
+                && before.digest == current.watched.digest
+            {
+                return false;
             }
             let built = Config::load(&self.path)
                 .map_err(|errors| errors.to_string())
                 .and_then(|config| {
-                    Snapshot::build(&config, self.clock.clone(), &self.metrics, Some(&current))
+                    Snapshot::build(
+                        &config,
+                        self.clock.clone(),
+                        &self.metrics,
+                        Some(&current),
+                        Some(&before),
+                    )
                 });
             match built {
                 Ok(snapshot) => {
@@ -258,6 +290,11 @@ impl Reloader {
                     }
                     tracing::info!(?trigger, file = %self.path.display(), "config reloaded");
                     self.current.store(Arc::new(snapshot));
+                    // Still serialised: two overlapping reloads cannot leave the watcher on
+                    // the older file set.
+                    if let Err(why) = self.watch() {
+                        tracing::warn!(error = %why, "cannot watch the new config's files; SIGHUP still reloads");
+                    }
                     self.metrics.reloaded(true);
                     self.status.send_modify(|s| {
                         s.attempts += 1;
@@ -276,13 +313,7 @@ impl Reloader {
                     false
                 }
             }
-        };
-        if swapped {
-            if let Err(why) = self.watch() {
-                tracing::warn!(error = %why, "cannot watch the new config's files; SIGHUP still reloads");
-            }
         }
-        swapped
     }
 
     /// Watches the current snapshot's files (again, when a reload changed which).
@@ -367,5 +398,29 @@ fn parent_dir(file: &Path) -> PathBuf {
     match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_racing_the_load_leaves_the_digest_unknown_so_it_is_not_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sallyport.toml");
+        let text = "[[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\nauth = \"public\"\n";
+        std::fs::write(&path, text).unwrap();
+        let before = Files {
+            paths: vec![path.clone()],
+            digest: digest_of(std::slice::from_ref(&path)),
+        };
+        let config = Config::load(&path).unwrap();
+        assert_eq!(Files::of(&config, Some(&before)).digest, before.digest);
+        assert_eq!(Files::of(&config, None).digest, None);
+
+        // Written after the digest was taken but (as far as anyone knows) before the read.
+        std::fs::write(&path, format!("{text}# edited\n")).unwrap();
+        assert_eq!(Files::of(&config, Some(&before)).digest, None);
     }
 }

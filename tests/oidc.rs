@@ -1148,13 +1148,26 @@ async fn logins_wait_for_discovery_while_the_idp_is_down() {
     let dir = pki.dir.path();
     std::fs::write(dir.join("cookie-secret"), "k".repeat(48)).unwrap();
     let config = format!(
-        "{}{}[auth.oidc]\nissuer = {:?}\nissuer_ca = {:?}\nclient_id = \"public-client\"\ncookie_secret_file = \"cookie-secret\"\n[[route]]\npath = \"/\"\nupstream = \"http://{upstream}\"\n",
+        "{}{}[admin]\nlisten = \"127.0.0.1:0\"\n[auth.oidc]\nissuer = {:?}\nissuer_ca = {:?}\nclient_id = \"public-client\"\ncookie_secret_file = \"cookie-secret\"\n[[route]]\npath = \"/\"\nupstream = \"http://{upstream}\"\n",
         server_section(&format!("public_url = {PUBLIC_URL:?}")),
         pki.tls_section(),
         idp.issuer,
         pki.ca_path().display().to_string(),
     );
     let proxy = Proxy::start(dir, &config).await;
+    let readyz = format!("http://{}/readyz", proxy.admin.unwrap());
+    let admin_client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let readiness = || async {
+        let response = admin_client.get(&readyz).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    let (status, report) = readiness().await;
+    assert_eq!(status, 503, "{report}");
+    assert!(
+        report.contains("fail OIDC provider not discovered yet"),
+        "{report}"
+    );
+    assert!(report.contains("ok upstream / -> http://"), "{report}");
     let browser = Browser::new(&pki, proxy.addr);
     let answer = browser.page("/.sallyport/login?rd=/").await;
     assert_eq!(answer.status, 503);
@@ -1175,6 +1188,9 @@ async fn logins_wait_for_discovery_while_the_idp_is_down() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(recovered, "discovery recovered after the IdP came back");
+    let (status, report) = readiness().await;
+    assert_eq!(status, 200, "{report}");
+    assert!(report.contains("ok OIDC provider discovered"), "{report}");
 }
 
 #[test]

@@ -161,13 +161,24 @@ async fn a_broken_change_keeps_the_running_config_and_is_counted() {
     let status = reload_until(&proxy, |s| s.attempts >= 2).await;
     assert!(status.last_error.is_some());
     assert_eq!(status.successes, 0);
+    // Valid, but it would turn the TLS listener into plain HTTP under its clients.
+    replace_file(&config_path, &config.replace(&pki.tls_section(), ""));
+    let status = reload_until(&proxy, |s| s.attempts >= 3).await;
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("[server.tls] needs a restart")
+    );
+    assert_eq!(status.successes, 0);
     let response = client.get(url(proxy.addr, "/still")).send().await.unwrap();
     assert_eq!(response.status(), 200);
 
     let (_, metrics) = admin_get(&proxy, "/metrics").await;
     assert_eq!(
         series(&metrics, "sallyport_reloads_total{result=\"failure\"}"),
-        Some(2.0),
+        Some(3.0),
         "{metrics}"
     );
     assert_eq!(

@@ -218,11 +218,10 @@ impl BasicAuth {
                     .await
                     .map_err(|e| *e);
                 // A request that waited on another's identical verification did no
-                // hashing of its own: for the cache, a hit.
-                if computed {
-                    self.counters.miss();
-                } else if cached.is_ok() {
-                    self.counters.hit();
+                // hashing of its own: for the cache, a hit, when it stands.
+                match &cached {
+                    Ok(c) if !computed && Some(c.fingerprint) == current => self.counters.hit(),
+                    _ => self.counters.miss(),
                 }
                 match cached {
                     Ok(c) if Some(c.fingerprint) == current => Ok(c),

@@ -238,8 +238,7 @@ impl JwtAuth {
             Some(keys) => keys,
             None => KeyRing::new(config)?,
         };
-        let mut jwt = JwtAuth::with_keys(config, headers, keys);
-        jwt.counters = counters;
+        let mut jwt = JwtAuth::with_keys(config, headers, keys).counting(counters);
         jwt.jwks_only = config
             .jwks
             .clone()
@@ -281,6 +280,12 @@ impl JwtAuth {
             counters: CacheCounters::default(),
             jwks_only: None,
         }
+    }
+
+    /// Counts cache hits and misses into `counters`.
+    pub fn counting(mut self, counters: CacheCounters) -> JwtAuth {
+        self.counters = counters;
+        self
     }
 
     /// Refuses tokens carrying a `nonce`: the ID tokens of browser logins.

@@ -241,7 +241,12 @@ impl Authenticator {
             .and_then(|p| p.oidc.clone());
         let oidc = match (reusable, &config.oidc) {
             (Some(oidc), _) => Some(oidc),
-            (None, Some(o)) => Some(Arc::new(Oidc::new(o, headers, clock)?)),
+            (None, Some(o)) => Some(Arc::new(Oidc::new(
+                o,
+                headers,
+                clock,
+                metrics.cache_counters("bearer"),
+            )?)),
             (None, None) => None,
         };
         Ok(Authenticator {

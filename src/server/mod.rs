@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::WallClock;
-use crate::config::Config;
+use crate::config::{Config, Limits, Timeouts};
 use crate::gate::ConnInfo;
 use crate::metrics::Metrics;
 use crate::proxy::UpgradeRelay;
@@ -68,10 +68,19 @@ impl Server {
             );
         }
         let admin = match &config.admin {
-            Some(admin) => Some(
-                bind_listener(admin.listen)
-                    .map_err(|e| format!("admin.listen: cannot listen on {}: {e}", admin.listen))?,
-            ),
+            Some(admin) => {
+                if !admin.listen.ip().is_loopback() {
+                    tracing::warn!(
+                        addr = %admin.listen,
+                        "the admin endpoints have no authentication: make sure only probes and Prometheus can reach this address"
+                    );
+                }
+                Some(
+                    bind_listener(admin.listen).map_err(|e| {
+                        format!("admin.listen: cannot listen on {}: {e}", admin.listen)
+                    })?,
+                )
+            }
             None => None,
         };
         reloader.watch()?;
@@ -239,20 +248,25 @@ async fn serve_connection(
 ) {
     let activity = Activity::new();
     let io = ActivityIo::new(stream, activity.clone());
+    // Only these outlive the accept: a long-lived connection must not keep a replaced
+    // snapshot (and its background refreshes) alive.
+    let acceptor = snapshot.tls.as_ref().map(|s| s.acceptor.clone());
+    let settings = (snapshot.timeouts, snapshot.limits);
+    drop(snapshot);
     let conn = Connection {
-        snapshot: &snapshot,
+        timeouts: settings.0,
+        limits: settings.1,
         reloader: &reloader,
         stop: &stop,
         activity: &activity,
     };
-    match &snapshot.tls {
+    match acceptor {
         None => {
             let info = ConnInfo { peer, tls: false };
             serve_http(io, info, conn, relay, true).await;
         }
-        Some(served) => {
-            let handshake =
-                tokio::time::timeout(snapshot.timeouts.handshake, served.acceptor.accept(io));
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(conn.timeouts.handshake, acceptor.accept(io));
             let tls = tokio::select! {
                 result = handshake => match result {
                     Ok(Ok(tls)) => tls,
@@ -280,8 +294,9 @@ async fn serve_connection(
 /// What serving one connection needs besides its IO.
 #[derive(Clone, Copy)]
 struct Connection<'a> {
-    /// Current when the connection was accepted: its TLS, timeouts and limits.
-    snapshot: &'a Snapshot,
+    /// From the snapshot current when the connection was accepted.
+    timeouts: Timeouts,
+    limits: Limits,
     reloader: &'a Arc<Reloader>,
     stop: &'a CancellationToken,
     activity: &'a Activity,
@@ -297,7 +312,8 @@ async fn serve_http<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Connection {
-        snapshot,
+        timeouts,
+        limits,
         reloader,
         stop,
         activity,
@@ -320,8 +336,6 @@ async fn serve_http<IO>(
             }
         })
     };
-    let timeouts = snapshot.timeouts;
-    let limits = snapshot.limits;
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

@@ -38,6 +38,7 @@ use super::jwt::{JwtAuth, TokenError, TokenVerifier};
 use super::{Authenticated, Scheme};
 use crate::clock::WallClock;
 use crate::config::{IdentityHeaders, JwtConfig, OidcConfig, Secret};
+use crate::metrics::CacheCounters;
 use cookies::{CookieJar, request_cookies};
 use discovery::{ClientAuth, Discovery, Metadata};
 use redirect::RedirectPolicy;
@@ -164,10 +165,12 @@ pub struct Oidc {
 }
 
 impl Oidc {
+    /// `bearer_cache`: where the Bearer-token cache counts its hits and misses.
     pub fn new(
         config: &OidcConfig,
         headers: &IdentityHeaders,
         clock: WallClock,
+        bearer_cache: CacheCounters,
     ) -> Result<Oidc, String> {
         let http = IdpClient::new(&config.extra_roots, "auth.oidc.issuer_ca")?;
         let keys = KeyRing::deferred(http.clone(), JWKS_REFRESH);
@@ -195,7 +198,9 @@ impl Oidc {
             cache_ttl: Duration::from_secs(300),
             claims: config.claims.clone(),
         };
-        let bearer = JwtAuth::with_keys(&bearer_config, headers, keys).refusing_id_tokens();
+        let bearer = JwtAuth::with_keys(&bearer_config, headers, keys)
+            .refusing_id_tokens()
+            .counting(bearer_cache);
         let accepts_bearer = !config.audiences.is_empty();
         let redirects = RedirectPolicy::new(&config.public_url, &config.allowed_redirect_hosts);
         let secret = config.cookie_secret.expose();
