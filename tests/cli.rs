@@ -318,20 +318,9 @@ fn scrape(admin: std::net::SocketAddr) -> String {
 
 #[test]
 fn sighup_reloads_the_running_process_and_healthcheck_probes_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sallyport.toml");
-    std::fs::write(
-        &path,
+    let (mut child, mut stderr, dir) = spawn_proxy(
         "[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\nauth = \"public\"\n",
-    )
-    .unwrap();
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .env("SALLYPORT_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    );
     let pid = child.id().to_string();
     let kill = |signal: &str| {
         assert!(
@@ -342,7 +331,6 @@ fn sighup_reloads_the_running_process_and_healthcheck_probes_it() {
                 .success()
         );
     };
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     let mut admin = None;
     for _ in 0..50 {
@@ -424,15 +412,18 @@ fn syntax_errors_point_at_the_line() {
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
 
-#[test]
-fn sigterm_drains_and_exits_zero() {
+/// The binary running `config` (written into the returned dir), logging at info to a
+/// pipe.
+fn spawn_proxy(
+    config: &str,
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStderr>,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sallyport.toml");
-    std::fs::write(
-        &path,
-        "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[server.tls]\nself_signed = [\"localhost\"]\n\n[[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\nauth = \"public\"\n",
-    )
-    .unwrap();
+    std::fs::write(&path, config).unwrap();
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(&path)
@@ -440,7 +431,15 @@ fn sigterm_drains_and_exits_zero() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    (child, stderr, dir)
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let (mut child, mut stderr, _dir) = spawn_proxy(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[server.tls]\nself_signed = [\"localhost\"]\n\n[[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\nauth = \"public\"\n",
+    );
     // The first log line announces the bound address.
     let mut line = String::new();
     let mut listening = false;

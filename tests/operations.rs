@@ -93,6 +93,20 @@ fn status_of(head: &str) -> u16 {
     head.split(' ').nth(1).unwrap().parse().unwrap()
 }
 
+/// TLS, the admin listener and one public route to `builtin:echo`.
+async fn echo_with_admin() -> (Pki, String, Proxy) {
+    let pki = Pki::new();
+    let config = format!(
+        "{}{}{}{}",
+        server_section(""),
+        pki.tls_section(),
+        admin_section(false),
+        public_route("/", "builtin:echo")
+    );
+    let proxy = Proxy::start(pki.dir.path(), &config).await;
+    (pki, config, proxy)
+}
+
 #[tokio::test]
 async fn a_config_change_applies_to_the_next_request_on_a_kept_alive_connection() {
     let pki = Pki::new();
@@ -131,15 +145,7 @@ async fn a_config_change_applies_to_the_next_request_on_a_kept_alive_connection(
 
 #[tokio::test]
 async fn a_broken_change_keeps_the_running_config_and_is_counted() {
-    let pki = Pki::new();
-    let config = format!(
-        "{}{}{}{}",
-        server_section(""),
-        pki.tls_section(),
-        admin_section(false),
-        public_route("/", "builtin:echo")
-    );
-    let proxy = Proxy::start(pki.dir.path(), &config).await;
+    let (pki, config, proxy) = echo_with_admin().await;
     let client = pki.client(proxy.addr).build().unwrap();
     let config_path = pki.dir.path().join("sallyport.toml");
 
@@ -267,15 +273,7 @@ fn peer_leaf(
 
 #[tokio::test]
 async fn a_rotated_certificate_is_served_to_new_connections_while_old_ones_keep_working() {
-    let pki = Pki::new();
-    let config = format!(
-        "{}{}{}{}",
-        server_section(""),
-        pki.tls_section(),
-        admin_section(false),
-        public_route("/", "builtin:echo")
-    );
-    let proxy = Proxy::start(pki.dir.path(), &config).await;
+    let (pki, _, proxy) = echo_with_admin().await;
     let (next_ca, next_leaf) = second_certificate(pki.dir.path());
     let mut both = pki.client_config(&[b"http/1.1"]);
     {
