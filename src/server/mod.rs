@@ -329,11 +329,14 @@ async fn serve_http<IO>(
             // An upgraded connection outlives this service call; it takes the connection's
             // slot and shutdown tracking with it.
             request.extensions_mut().insert(relay.clone());
-            async move {
+            // Boxed: hyper keeps a slot the size of this future in every connection, busy
+            // or idle; unboxed, the whole pipeline's state (~10 KB) would sit in each idle
+            // keep-alive connection (bench/, idle-connection memory row).
+            Box::pin(async move {
                 let response = gate.handle(request, &info).await;
                 drop(in_flight);
                 Ok::<_, Infallible>(response)
-            }
+            })
         })
     };
 
