@@ -7,7 +7,7 @@
 //!   `("a","bc")`; only successes are cached, each for at most `cache_ttl`;
 //! - concurrent identical verifications share one hash computation (moka's
 //!   `try_get_with` runs one initialiser per key);
-//! - hashing runs on the blocking pool behind a semaphore sized to the CPU count, so a
+//! - hashing runs on the blocking pool behind a semaphore sized to half the CPUs, so a
 //!   flood of wrong passwords queues there while cached credentials skip the queue.
 //!
 //! A changed or removed user stops working at once: every cache hit is checked against
@@ -162,7 +162,11 @@ impl BasicAuth {
         };
         let hashing = previous.map_or_else(
             || {
-                let hashers = std::thread::available_parallelism().map_or(2, |n| n.get());
+                // Half the cores: a flood of wrong passwords (each a full bcrypt or argon2
+                // run) then leaves the other half to cached traffic. With every core
+                // hashing, legitimate p99 doubled under a flood (bench/, row 8).
+                let hashers =
+                    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
                 Arc::new(Semaphore::new(hashers))
             },
             |p| Arc::clone(&p.hashing),
