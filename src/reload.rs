@@ -40,6 +40,7 @@ pub struct Snapshot {
     self_signed: Option<(Vec<String>, TlsVersion)>,
     watched: Files,
     bound: Bound,
+    log_level: String,
 }
 
 /// What only a restart can change: the sockets, the connection cap and the logger.
@@ -49,7 +50,6 @@ struct Bound {
     admin: Option<SocketAddr>,
     max_connections: usize,
     log_format: LogFormat,
-    log_level: String,
 }
 
 impl Bound {
@@ -59,7 +59,6 @@ impl Bound {
             admin: config.admin.as_ref().map(|a| a.listen),
             max_connections: config.server.limits.max_connections,
             log_format: config.log.format,
-            log_level: config.log.level.clone(),
         }
     }
 
@@ -77,9 +76,6 @@ impl Bound {
         }
         if self.log_format != new.log_format {
             keys.push("log.format");
-        }
-        if self.log_level != new.log_level {
-            keys.push("log.level");
         }
         keys
     }
@@ -174,6 +170,7 @@ impl Snapshot {
             self_signed,
             watched: Files::of(config, read_before),
             bound: Bound::of(config),
+            log_level: config.log.level.clone(),
         })
     }
 }
@@ -287,6 +284,9 @@ impl Reloader {
                     }
                     if let Some(expiry) = snapshot.tls.as_ref().and_then(|t| t.not_after) {
                         self.metrics.set_certificate_expiry(expiry);
+                    }
+                    if snapshot.log_level != current.log_level {
+                        crate::logging::set_level(&snapshot.log_level);
                     }
                     tracing::info!(?trigger, file = %self.path.display(), "config reloaded");
                     self.current.store(Arc::new(snapshot));

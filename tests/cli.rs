@@ -566,3 +566,66 @@ fn hash_password_reads_stdin_and_writes_an_htpasswd_line() {
     assert_eq!(empty.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&empty.stderr).contains("empty password"));
 }
+
+#[test]
+fn a_reload_applies_a_new_log_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sallyport.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = |level: &str| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[log]\nlevel = \"{level}\"\n\n[[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\nauth = \"public\"\n"
+        )
+    };
+    std::fs::write(&path, config("warn")).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .env_remove("SALLYPORT_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Silent at warn: wait for the listener instead of a log line (bounded).
+    let up = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(up, "the proxy did not start listening");
+    assert!(received.try_recv().is_err(), "nothing is logged below warn");
+
+    std::fs::write(&path, config("info")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    let mut reloaded = false;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match received.recv_timeout(left) {
+            Ok(line) if line.contains("config reloaded") => {
+                reloaded = true;
+                break;
+            }
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    assert!(
+        reloaded,
+        "the reload's info line appears once log.level is info; saw {seen:?}"
+    );
+}
