@@ -5,7 +5,7 @@
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, reload};
 
 use crate::config::{Log, LogFormat};
 
@@ -30,29 +30,25 @@ pub fn init(log: &Log) {
                 .with_current_span(false)
                 .with_filter_reloading();
             let handle = builder.reload_handle();
-            builder.try_init().ok().map(|()| {
-                Box::new(move |level: &str| {
-                    handle
-                        .reload(EnvFilter::new(level))
-                        .map_err(|e| e.to_string())
-                }) as LevelSetter
-            })
+            builder.try_init().ok().map(|()| level_setter(handle))
         }
         LogFormat::Text => {
             let builder = builder.with_filter_reloading();
             let handle = builder.reload_handle();
-            builder.try_init().ok().map(|()| {
-                Box::new(move |level: &str| {
-                    handle
-                        .reload(EnvFilter::new(level))
-                        .map_err(|e| e.to_string())
-                }) as LevelSetter
-            })
+            builder.try_init().ok().map(|()| level_setter(handle))
         }
     };
     if let (Some(setter), false) = (setter, pinned) {
         let _ = LEVEL.set(setter);
     }
+}
+
+fn level_setter<S: 'static>(handle: reload::Handle<EnvFilter, S>) -> LevelSetter {
+    Box::new(move |level: &str| {
+        handle
+            .reload(EnvFilter::new(level))
+            .map_err(|e| e.to_string())
+    })
 }
 
 /// Applies a reloaded `log.level`. Does nothing when `SALLYPORT_LOG` set the level for
