@@ -454,7 +454,8 @@ impl std::fmt::Debug for Credential {
 }
 
 /// RFC 6750 2.1: `Bearer` then one token68 (`A-Z a-z 0-9 - . _ ~ + /`, then `=`s).
-fn parse_bearer(token: &[u8]) -> Credential {
+/// `token` is what follows the scheme and its space. Public for the fuzz targets.
+pub fn parse_bearer(token: &[u8]) -> Credential {
     if token.is_empty() {
         return Credential::BadBearer("The Bearer token is missing.");
     }
@@ -487,7 +488,8 @@ fn trim_spaces(bytes: &[u8]) -> &[u8] {
 
 /// RFC 7617: base64 of `user-id ":" password`; the username is UTF-8 (we announce
 /// `charset="UTF-8"`) and cannot contain a colon; the password may be any bytes.
-fn parse_basic(token: &[u8]) -> Result<(String, Vec<u8>), Rejection> {
+/// `token` is what follows the scheme and its space. Public for the fuzz targets.
+pub fn parse_basic(token: &[u8]) -> Result<(String, Vec<u8>), Rejection> {
     if token.is_empty() {
         return Err(Rejection::Malformed("empty Basic credentials"));
     }

@@ -207,7 +207,8 @@ impl Store {
     }
 }
 
-fn open_session(sealer: &Sealer, context: &str, sealed: &str) -> Option<Session> {
+/// A sealed session cookie value, or `None` for anything we did not seal for `context`.
+pub fn open_session(sealer: &Sealer, context: &str, sealed: &str) -> Option<Session> {
     let json = sealer.open(context, sealed)?;
     serde_json::from_slice(&json).ok()
 }
