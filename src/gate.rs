@@ -215,16 +215,24 @@ impl Gate {
         request_id: &str,
         trace: &mut Trace,
     ) -> Result<Response<ProxyBody>, Failure> {
-        let host = request_host(&request)?;
-        let path = routes::normalize_path(request.uri().path())
-            .map_err(|_| Failure::BadRequest("The request path is malformed or ambiguous."))?;
-        trace.path = Some(path.clone());
-
-        if routes::prefix_matches(BUILTIN_PREFIX, &path) {
-            // Our own endpoints read no body; a small one is read anyway, so closing the
-            // connection does not reset it under the client before it reads our answer.
+        let admitted = match self.admit_request(&request, client, trace).await {
+            Ok(admitted) => admitted,
+            Err(failure) => {
+                let (parts, body) = request.into_parts();
+                discard_body(&parts, body).await;
+                return Err(failure);
+            }
+        };
+        let Admitted::Forward {
+            route,
+            host,
+            path,
+            identity,
+        } = admitted
+        else {
+            let path = trace.path.clone().unwrap_or_default();
             let (parts, body) = request.into_parts();
-            drain(body).await;
+            discard_body(&parts, body).await;
             let request = Request::from_parts(parts, ());
             if path == FORWARD_AUTH_PATH {
                 return self
@@ -232,6 +240,40 @@ impl Gate {
                     .await;
             }
             return self.builtin(&path, &request, client, trace).await;
+        };
+
+        let facts = ForwardedFacts {
+            peer: conn.peer.ip(),
+            peer_trusted,
+            client_ip: client,
+            proto: if conn.tls { "https" } else { "http" },
+            host: host.as_deref(),
+            request_id,
+            identity: identity.as_ref(),
+        };
+        let forwarded =
+            proxy::forward(&route.upstream, &self.proxy, request, &path, &facts).await?;
+        trace.upstream_latency = Some(forwarded.upstream_latency);
+        Ok(forwarded.response)
+    }
+
+    /// Everything decided from the request head: framing, host, path, route and who is
+    /// asking. Takes the request by reference so a refusal can still discard its body.
+    async fn admit_request<'g>(
+        &'g self,
+        request: &Request<Incoming>,
+        client: std::net::IpAddr,
+        trace: &mut Trace,
+    ) -> Result<Admitted<'g>, Failure> {
+        if has_foreign_transfer_coding(request.headers()) {
+            return Err(Failure::UnsupportedTransferCoding);
+        }
+        let host = request_host(request)?;
+        let path = routes::normalize_path(request.uri().path())
+            .map_err(|_| Failure::BadRequest("The request path is malformed or ambiguous."))?;
+        trace.path = Some(path.clone());
+        if routes::prefix_matches(BUILTIN_PREFIX, &path) {
+            return Ok(Admitted::Builtin);
         }
 
         let route = self.route_for(host.as_deref(), &path, trace)?;
@@ -253,20 +295,12 @@ impl Gate {
                 trace,
             )
             .await?;
-
-        let facts = ForwardedFacts {
-            peer: conn.peer.ip(),
-            peer_trusted,
-            client_ip: client,
-            proto: if conn.tls { "https" } else { "http" },
-            host: host.as_deref(),
-            request_id,
-            identity: identity.as_ref(),
-        };
-        let forwarded =
-            proxy::forward(&route.upstream, &self.proxy, request, &path, &facts).await?;
-        trace.upstream_latency = Some(forwarded.upstream_latency);
-        Ok(forwarded.response)
+        Ok(Admitted::Forward {
+            route,
+            host,
+            path,
+            identity,
+        })
     }
 
     fn route_for(
@@ -624,13 +658,46 @@ pub struct RouteSummary {
     pub public: bool,
 }
 
-/// Reads and discards up to 64 KiB of a body we have no use for, for at most a few
-/// seconds; anything larger ends with the connection.
-async fn drain(body: Incoming) {
+/// What the head of a request decided.
+enum Admitted<'g> {
+    /// One of our own endpoints under `/.sallyport/` (the path is in the trace).
+    Builtin,
+    Forward {
+        route: &'g Route,
+        host: Option<String>,
+        path: String,
+        identity: Option<Authenticated>,
+    },
+}
+
+/// Reads and discards up to 64 KiB of a body we answer without, for at most a few
+/// seconds, so an HTTP/1.1 client still sending it reads our answer instead of a reset
+/// (and a small body keeps the connection reusable). Anything larger ends with the
+/// connection. Not done where reading would be wrong or useless: after `Expect:
+/// 100-continue` (reading would invite the upload we are refusing) and on HTTP/2 (hyper
+/// resets the stream instead, which is that protocol's way to say "stop sending").
+async fn discard_body(head: &http::request::Parts, body: Incoming) {
     use http_body_util::BodyExt;
     const LIMIT: usize = 64 * 1024;
+    let expects_continue = head
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if head.version != Version::HTTP_11 || expects_continue {
+        return;
+    }
     let read = http_body_util::Limited::new(body, LIMIT).collect();
     let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+}
+
+/// hyper reads any list of codings that ends in `chunked` and decodes only that last
+/// one; what is under it (`gzip, chunked`) would reach the upstream still encoded, with
+/// nothing saying so. RFC 9112 6.1: answer 501.
+fn has_foreign_transfer_coding(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// A HEAD answer has the headers of the GET answer and no body. HTTP/1.1 drops a body

@@ -82,6 +82,9 @@ pub enum Failure {
     NotFound,
     PayloadTooLarge,
     HeadersTooLarge,
+    /// A transfer coding other than `chunked`: we cannot decode it, and forwarding it
+    /// undecoded would hand the upstream a body it has no way to know is encoded.
+    UnsupportedTransferCoding,
     BadGateway,
     GatewayTimeout,
     ServiceUnavailable {
@@ -110,6 +113,7 @@ impl Failure {
             Failure::NotFound => StatusCode::NOT_FOUND,
             Failure::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Failure::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Failure::BadGateway => StatusCode::BAD_GATEWAY,
             Failure::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::ServiceUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -128,6 +132,7 @@ impl Failure {
             Failure::NotFound => "not_found",
             Failure::PayloadTooLarge => "payload_too_large",
             Failure::HeadersTooLarge => "headers_too_large",
+            Failure::UnsupportedTransferCoding => "unsupported_transfer_coding",
             Failure::BadGateway => "bad_gateway",
             Failure::GatewayTimeout => "gateway_timeout",
             Failure::ServiceUnavailable { .. } => "unavailable",
@@ -154,6 +159,9 @@ impl Failure {
             Failure::NotFound => "No route is configured for this host and path.",
             Failure::PayloadTooLarge => "The request body is larger than this server accepts.",
             Failure::HeadersTooLarge => "The request headers are larger than this server accepts.",
+            Failure::UnsupportedTransferCoding => {
+                "The request uses a transfer coding other than chunked."
+            }
             Failure::BadGateway => "The upstream service could not be reached.",
             Failure::GatewayTimeout => "The upstream service did not answer in time.",
             Failure::ServiceUnavailable { .. } => {

@@ -256,11 +256,12 @@ pub async fn forward(
 
     let (mut parts, body) = request.into_parts();
     headers::rewrite_request(&mut parts.headers, &settings.managed, facts, wants_upgrade);
+    let body = body.map_err(|e| Box::new(ClientBodyError(e)) as BoxError);
     let body: ProxyBody = match settings.max_body_bytes {
         Some(limit) => {
             Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync()
         }
-        None => body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+        None => body.boxed_unsync(),
     };
     let path_and_query = match parts.uri.query() {
         Some(q) => format!("{path}?{q}"),
@@ -363,7 +364,11 @@ where
         Err(_) => Err(Failure::GatewayTimeout),
         Ok(Err(e)) => {
             let failure = classify(&e);
-            tracing::warn!(error = %error_chain(&e), "upstream request failed");
+            if matches!(failure, Failure::BadRequest(_)) {
+                tracing::debug!(error = %error_chain(&e), "the client's request body failed");
+            } else {
+                tracing::warn!(error = %error_chain(&e), "upstream request failed");
+            }
             Err(failure)
         }
         Ok(Ok(response)) => {
@@ -372,13 +377,34 @@ where
     }
 }
 
+/// Reading the client's request body failed (bad chunk framing, a client gone
+/// mid-upload): the client's fault, told apart from the upstream's.
+#[derive(Debug)]
+struct ClientBodyError(hyper::Error);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "reading the request body: {}", self.0)
+    }
+}
+
+impl StdError for ClientBodyError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&self.0)
+    }
+}
+
 /// Maps a failed upstream exchange to the status the client gets: our own body limit is
-/// a 413, any timeout a 504, anything else (refused, reset, TLS, protocol) a 502.
+/// a 413, a broken request body a 400, any timeout a 504, anything else (refused, reset,
+/// TLS, protocol) a 502.
 fn classify(err: &(dyn StdError + 'static)) -> Failure {
     let mut current = Some(err);
     while let Some(e) = current {
         if e.is::<LengthLimitError>() {
             return Failure::PayloadTooLarge;
+        }
+        if e.is::<ClientBodyError>() {
+            return Failure::BadRequest("The request body is malformed or ended early.");
         }
         if e.downcast_ref::<io::Error>()
             .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
