@@ -917,6 +917,57 @@ async fn hostile_return_targets_land_on_the_root() {
     }
 }
 
+/// Redirects are built from `public_url` only: a Host (or a forwarded host) naming
+/// another site never becomes the origin of a Location or of the IdP's `redirect_uri`.
+#[tokio::test]
+async fn the_host_header_never_shapes_a_redirect() {
+    let site = Site::start("").await;
+    let browser = site.browser();
+    let under_host = |path: &str, host: &'static str| {
+        browser
+            .client
+            .get(url(browser.addr, path))
+            .header("host", host)
+            .header("accept", "text/html")
+            .send()
+    };
+    let location = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    for host in [
+        "evil.example",
+        "app.test.evil.example",
+        "app.test@evil.example",
+    ] {
+        // Not our site: no login page is offered for it at all.
+        let page = under_host("/x", host).await.unwrap();
+        assert!(matches!(page.status().as_u16(), 400 | 401), "{host}");
+        assert_eq!(location(&page), None, "{host}");
+    }
+    for host in ["evil.example", "app.test.evil.example"] {
+        // Our own login endpoint, reached under another name: the IdP still gets our
+        // callback (`authorize` checks redirect_uri), and we come back to the root.
+        let to_idp = under_host("/.sallyport/login?rd=/x", host).await.unwrap();
+        assert_eq!(to_idp.status(), 302, "{host}");
+        let to_idp = location(&to_idp).unwrap();
+        assert!(to_idp.starts_with(&site.idp.issuer), "{host}: {to_idp}");
+        site.idp.authorize(&to_idp, "alice");
+    }
+    // X-Forwarded-Host, even from a trusted proxy (127.0.0.1 is one here), is not where
+    // the login page is: it stays at public_url.
+    let first = browser
+        .send("/x", "text/html", &[("x-forwarded-host", "evil.example")])
+        .await;
+    assert_eq!(first.status, 302);
+    assert_eq!(
+        first.location.unwrap(),
+        format!("{PUBLIC_URL}/.sallyport/login?rd=%2Fx")
+    );
+}
+
 #[tokio::test]
 async fn sessions_end_after_the_idle_time_and_at_the_hard_limit() {
     let site = Site::start("").await;
