@@ -249,7 +249,7 @@ impl Gate {
             proto: if conn.tls { "https" } else { "http" },
             host: host.as_deref(),
             request_id,
-            identity: identity.as_ref(),
+            identity: identity.as_deref(),
         };
         let forwarded =
             proxy::forward(&route.upstream, &self.proxy, request, &path, &facts).await?;
@@ -299,7 +299,7 @@ impl Gate {
             route,
             host,
             path,
-            identity,
+            identity: identity.map(Box::new),
         })
     }
 
@@ -393,7 +393,7 @@ impl Gate {
             trace.auth = "public";
             route
                 .policy
-                .check_method(method)
+                .check_method(method, headers)
                 .map_err(|denied| self.forbidden(denied, None, trace))?;
             return Ok(None);
         }
@@ -408,7 +408,7 @@ impl Gate {
             .await?;
         route
             .policy
-            .check(&who, method)
+            .check(&who, method, headers)
             .map_err(|denied| self.forbidden(denied, Some(&who), trace))?;
         Ok(Some(who))
     }
@@ -666,7 +666,8 @@ enum Admitted<'g> {
         route: &'g Route,
         host: Option<String>,
         path: String,
-        identity: Option<Authenticated>,
+        /// Boxed: an identity is large, and this enum crosses an await.
+        identity: Option<Box<Authenticated>>,
     },
 }
 

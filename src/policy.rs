@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use http::Method;
+use http::{HeaderMap, Method};
 use serde_json::Value;
 
 use crate::auth::Authenticated;
@@ -44,6 +44,13 @@ impl Denied {
     }
 }
 
+/// Headers through which frameworks let a request claim another method.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 impl Policy {
     pub fn new(route: &RouteConfig) -> Policy {
         Policy {
@@ -54,15 +61,38 @@ impl Policy {
     }
 
     /// The rule that applies before anyone is identified.
-    pub fn check_method(&self, method: &Method) -> Result<(), Denied> {
-        match &self.rules.methods {
-            Some(allowed) if !allowed.contains(method) => Err(Denied::Method),
-            _ => Ok(()),
+    /// `headers`: a method named in a method-override header (which Rails, Laravel,
+    /// Express's method-override and others obey) must be allowed as well, or a `GET`
+    /// carrying `X-HTTP-Method-Override: DELETE` would pass a read-only route.
+    pub fn check_method(&self, method: &Method, headers: &HeaderMap) -> Result<(), Denied> {
+        let Some(allowed) = &self.rules.methods else {
+            return Ok(());
+        };
+        let overrides = METHOD_OVERRIDES
+            .iter()
+            .flat_map(|name| headers.get_all(*name).iter())
+            .map(|value| {
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| Method::from_bytes(v.trim().to_ascii_uppercase().as_bytes()).ok())
+            });
+        for candidate in std::iter::once(Some(method.clone())).chain(overrides) {
+            match candidate {
+                Some(m) if allowed.contains(&m) => {}
+                _ => return Err(Denied::Method),
+            }
         }
+        Ok(())
     }
 
-    pub fn check(&self, who: &Authenticated, method: &Method) -> Result<(), Denied> {
-        self.check_method(method)?;
+    pub fn check(
+        &self,
+        who: &Authenticated,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<(), Denied> {
+        self.check_method(method, headers)?;
         let r = &self.rules;
         let has_allowlist = !r.allow_users.is_empty()
             || !r.allow_groups.is_empty()

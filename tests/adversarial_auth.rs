@@ -252,6 +252,36 @@ async fn forward_auth_refuses_malformed_targets_and_judges_the_normalised_one() 
     }
 }
 
+#[tokio::test]
+async fn a_method_override_header_cannot_carry_a_forbidden_method_past_a_route_rule() {
+    let pki = Pki::new();
+    let upstream = spawn_inspecting_upstream().await;
+    let config = format!(
+        "{}{}[[route]]\npath = \"/\"\nupstream = \"http://{upstream}\"\nauth = \"public\"\nmethods = [\"GET\", \"HEAD\"]\n",
+        server_section(""),
+        pki.tls_section(),
+    );
+    let proxy = Proxy::start(pki.dir.path(), &config).await;
+    let signer = Signer::new("unused", Algorithm::RS256);
+    let s = Setup { pki, proxy, signer };
+    assert_eq!(s.send("/doc", &[]).await.status, 200);
+    for header in [
+        "X-HTTP-Method-Override: DELETE",
+        "X-HTTP-Method: PUT",
+        "X-Method-Override: post",
+        "X-HTTP-Method-Override: not a method",
+    ] {
+        assert_eq!(s.send("/doc", &[header]).await.status, 403, "{header}");
+    }
+    // Naming an allowed method is harmless.
+    assert_eq!(
+        s.send("/doc", &["X-HTTP-Method-Override: HEAD"])
+            .await
+            .status,
+        200
+    );
+}
+
 // ---- credentials ----
 
 #[tokio::test]

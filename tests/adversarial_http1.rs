@@ -519,6 +519,14 @@ async fn identity_headers_in_any_spelling_or_named_in_connection_never_reach_the
         "X-Real-IP: 10.9.9.9",
         "X-Forwarded-For: 10.9.9.9",
         "Forwarded: for=10.9.9.9",
+        // Names other auth proxies use, which upstreams migrated from them trust.
+        "X-Auth-Request-User: mallory",
+        "X-Auth-Request-Email: mallory@evil.example",
+        "Remote-User: mallory",
+        "Remote_Groups: admins",
+        // Path overrides some frameworks route on.
+        "X-Original-URL: /mallory/admin",
+        "X-Rewrite-URL: /mallory/admin",
         // Naming our headers in Connection must not make us drop the ones we set.
         "Connection: X-Forwarded-User, X-Forwarded-For, X-Real-IP",
     ];

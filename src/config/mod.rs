@@ -1481,11 +1481,13 @@ impl Validator<'_> {
     fn limits(&mut self, raw: RawLimits) -> Limits {
         let max_connections = match raw.max_connections {
             None => 10_000,
-            Some(v) if *v.get_ref() == 0 => {
+            // The upper bound is far above what one process can hold open, and below
+            // what the connection semaphore can count.
+            Some(v) if !(1..=10_000_000).contains(v.get_ref()) => {
                 self.fail(
                     span_of(&v),
                     "server.limits.max_connections",
-                    "must be at least 1",
+                    "must be between 1 and 10000000",
                 );
                 10_000
             }

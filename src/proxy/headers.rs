@@ -33,8 +33,27 @@ const HOP_BY_HOP: [&str; 10] = [
     "upgrade",
 ];
 
-/// Headers the proxy sets itself; client copies never pass.
-const PROXY_OWNED: [&str; 11] = [
+/// Headers the proxy sets itself, or that upstreams are known to trust as coming from a
+/// proxy in front of them; client copies never pass. Beyond our own: the identity names of
+/// oauth2-proxy and nginx `auth_request` setups (`X-Auth-Request-*`, which our forward-auth
+/// answers use too) and of Authelia (`Remote-*`), since upstreams migrated from those
+/// trust them; and the path and method overrides some frameworks obey (Symfony and Zend
+/// route on `X-Original-URL` / `X-Rewrite-URL`), which would let a client choose the path
+/// the upstream serves after we matched the route on another.
+const PROXY_OWNED: [&str; 24] = [
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-groups",
+    "x-auth-request-preferred-username",
+    "x-auth-request-access-token",
+    "remote-user",
+    "remote-groups",
+    "remote-email",
+    "remote-name",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-original-method",
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
