@@ -6,7 +6,8 @@
 //! one upstream; that class of bypass is closed here by construction.
 //!
 //! Rules: unreserved percent-escapes (`%41` -> `A`, `%2E` -> `.`) are decoded; other escapes
-//! are kept with upper-case hex; runs of `/` collapse to one; `.` and `..` segments are
+//! are kept with upper-case hex; raw non-ASCII bytes, spaces, `<`, `>` and `` ` `` are
+//! escaped (`/café` -> `/caf%C3%A9`); runs of `/` collapse to one; `.` and `..` segments are
 //! resolved (never above the root). Encoded `/`, `\` and NUL, a raw `\` and control bytes
 //! are rejected, because upstreams disagree about what they mean.
 
@@ -50,6 +51,13 @@ fn hex_value(b: u8) -> Option<u8> {
     }
 }
 
+fn push_escape(out: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(char::from(HEX[usize::from(b >> 4)]));
+    out.push(char::from(HEX[usize::from(b & 0xf)]));
+}
+
 /// Normalises the path part of a request target (no query, no fragment).
 pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     let bytes = raw.as_bytes();
@@ -75,18 +83,23 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
                 } else if matches!(value, b'/' | b'\\') || value < 0x20 || value == 0x7f {
                     return Err(PathError::AmbiguousByte);
                 } else {
-                    decoded.push('%');
-                    decoded.push(char::from(b"0123456789ABCDEF"[usize::from(hi)]));
-                    decoded.push(char::from(b"0123456789ABCDEF"[usize::from(lo)]));
+                    push_escape(&mut decoded, value);
                 }
                 i += 3;
             }
             b'\\' => return Err(PathError::AmbiguousByte),
             b if b < 0x20 || b == 0x7f => return Err(PathError::AmbiguousByte),
             b'?' | b'#' => break,
+            // Raw UTF-8 (http::Uri and httparse admit it) and the few printable bytes a
+            // URI cannot carry raw, which only a configured route prefix can contain. As
+            // escapes they mean the same to an upstream and match the escaped spelling of
+            // the same path; pushed as chars, each byte would become a Latin-1 character.
+            b' ' | b'<' | b'>' | b'`' | 0x80..=0xff => {
+                push_escape(&mut decoded, b);
+                i += 1;
+            }
             _ => {
-                // http::Uri only admits ASCII here; anything else would already be rejected.
-                decoded.push(b as char);
+                decoded.push(char::from(b));
                 i += 1;
             }
         }
@@ -303,6 +316,28 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(normalize_path(input).as_deref(), Ok(want), "input {input}");
         }
+    }
+
+    /// Found by fuzz/fuzz_targets/path.rs: raw UTF-8 (which hyper accepts in a request
+    /// line) was re-encoded byte by byte as Latin-1, so the upstream got `/cafÃ©` for
+    /// `/café` and normalising the result again changed it once more.
+    #[test]
+    fn raw_non_ascii_and_unsendable_bytes_are_escaped() {
+        let cases = [
+            ("/p\u{35e}b", "/p%CD%9Eb"),
+            ("/café", "/caf%C3%A9"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/a b/<x>/`y`", "/a%20b/%3Cx%3E/%60y%60"),
+            ("/é/../x", "/x"),
+            // Printable bytes http::Uri accepts raw stay as they are.
+            ("/a\"{}|^[]", "/a\"{}|^[]"),
+        ];
+        for (input, want) in cases {
+            let normalized = normalize_path(input);
+            assert_eq!(normalized.as_deref(), Ok(want), "input {input:?}");
+            assert_eq!(normalize_path(want).as_deref(), Ok(want), "not idempotent");
+        }
+        assert_eq!(normalize_route_prefix("/café/").unwrap(), "/caf%C3%A9");
     }
 
     #[test]

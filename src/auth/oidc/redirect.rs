@@ -87,7 +87,7 @@ impl RedirectPolicy {
             return None;
         }
         let authority = uri.authority()?.as_str();
-        if authority.contains('@') || authority.is_empty() {
+        if authority.contains('@') || !well_formed_authority(authority) {
             return None;
         }
         let canonical = canonical_authority(&self.scheme, authority);
@@ -139,6 +139,41 @@ impl RedirectPolicy {
             }
         })
     }
+}
+
+/// `host[:port]` with a DNS name or a bracketed IPv6 literal and a numeric port. Browsers
+/// and `http::Uri` end the host at the first ':', `host_allowed` at the last one, so in
+/// `evil.example:1.allowed.example:8443` the check would see an allowed host where the
+/// browser sees `evil.example`; only the port saves that from being an open redirect, and
+/// an authority that no parser reads the same way has no business in a redirect.
+fn well_formed_authority(authority: &str) -> bool {
+    let (host_ok, port) = match authority.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((literal, port)) => (
+                !literal.is_empty()
+                    && literal
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')),
+                port,
+            ),
+            None => return false,
+        },
+        None => {
+            let (host, port) = authority.split_at(authority.find(':').unwrap_or(authority.len()));
+            (
+                !host.is_empty()
+                    && host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')),
+                port,
+            )
+        }
+    };
+    host_ok
+        && (port.is_empty()
+            || port
+                .strip_prefix(':')
+                .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
 }
 
 /// `host[:port]` lowercased, without the scheme's default port.
@@ -260,6 +295,40 @@ mod tests {
             assert_eq!(p.target(Some(rd)), "/", "{rd:?}");
         }
         assert_eq!(p.target(None), "/");
+    }
+
+    /// Found by fuzz/fuzz_targets/redirect.rs: the allow-list saw the host up to the last
+    /// ':', browsers see it up to the first. Browsers then refuse the non-numeric port, so
+    /// this was not an open redirect, but nothing else stood in the way.
+    #[test]
+    fn hosts_are_read_up_to_the_first_colon() {
+        let p = RedirectPolicy::new(
+            &"https://app.example.com".parse().unwrap(),
+            &[".allowed.example".to_string()],
+        );
+        for rd in [
+            "https://xLLLjavascript:aler(1)[]LLLLLLLLLL.allowed.example:83/p",
+            "https://evil.example:1.allowed.example:8443/",
+            "https://evil.example:.allowed.example/",
+            "https://app.example.com:/",
+            "https://[::1/",
+            "https://a(b).allowed.example/",
+        ] {
+            assert_eq!(p.target(Some(rd)), "/", "{rd:?}");
+        }
+        for (rd, expected) in [
+            (
+                "https://x.allowed.example:8443/p",
+                "https://x.allowed.example:8443/p",
+            ),
+            (
+                "https://x_y.allowed.example/",
+                "https://x_y.allowed.example/",
+            ),
+            ("https://app.example.com:443/a", "https://app.example.com/a"),
+        ] {
+            assert_eq!(p.target(Some(rd)), expected, "{rd:?}");
+        }
     }
 
     #[test]
