@@ -672,11 +672,12 @@ enum Admitted<'g> {
 }
 
 /// Reads and discards up to 64 KiB of a body we answer without, for at most a few
-/// seconds, so an HTTP/1.1 client still sending it reads our answer instead of a reset
-/// (and a small body keeps the connection reusable). Anything larger ends with the
-/// connection. Not done where reading would be wrong or useless: after `Expect:
-/// 100-continue` (reading would invite the upload we are refusing) and on HTTP/2 (hyper
-/// resets the stream instead, which is that protocol's way to say "stop sending").
+/// seconds, so a client still sending it reads our answer instead of a reset: on
+/// HTTP/1.1 an unread body ends the connection under the client, and on HTTP/2 dropping
+/// it cancels the stream before the answer goes out (curl then reports no answer at all).
+/// A small body drained also keeps an HTTP/1.1 connection reusable; anything larger ends
+/// it. Nothing is read after `Expect: 100-continue`: reading would invite the upload we
+/// are refusing.
 async fn discard_body(head: &http::request::Parts, body: Incoming) {
     use http_body_util::BodyExt;
     const LIMIT: usize = 64 * 1024;
@@ -684,7 +685,7 @@ async fn discard_body(head: &http::request::Parts, body: Incoming) {
         .headers
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if head.version != Version::HTTP_11 || expects_continue {
+    if expects_continue {
         return;
     }
     let read = http_body_util::Limited::new(body, LIMIT).collect();

@@ -1312,3 +1312,38 @@ async fn streams_beyond_max_concurrent_streams_are_refused_and_the_connection_su
     assert_eq!(h2.outcome(next).await.status(), Some(200));
     assert_eq!(seen.load(Ordering::SeqCst), 251);
 }
+
+/// A request we refuse, whose body is still on its way: the answer waits for the body
+/// (up to 64 KiB, 5 s) instead of dropping it. Dropped, the stream would be cancelled
+/// before the answer went out, and curl reports no answer at all.
+#[tokio::test]
+async fn a_refused_request_is_answered_after_its_body_not_cancelled_under_it() {
+    let pki = Pki::new();
+    let (upstream, seen) = counting_upstream().await;
+    let proxy = proxy_to(&pki, upstream).await;
+    let mut h2 = H2::connect(&pki, proxy.addr).await;
+    // Forward-auth from a client that is no trusted proxy: refused with 400.
+    let post = block(&[
+        (":method", "POST"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", "/.sallyport/auth"),
+    ]);
+    h2.send(&frame(HEADERS, END_HEADERS, 1, &post))
+        .await
+        .unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            match h2.next().await {
+                Some(f) if f.stream == 1 => return f,
+                Some(_) => {}
+                None => panic!("the connection closed"),
+            }
+        }
+    })
+    .await;
+    assert!(early.is_err(), "answered before the body: {early:?}");
+    h2.send(&frame(DATA, END_STREAM, 1, b"x=1")).await.unwrap();
+    assert_eq!(h2.outcome(1).await.status(), Some(400));
+    assert_eq!(seen.load(Ordering::SeqCst), 0);
+}

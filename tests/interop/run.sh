@@ -37,6 +37,7 @@ for topic in "$ROOT"/tests/interop/[0-9]*.sh; do
     source "$topic"
 done
 
+trap - ERR
 echo
 if [ "$FAILED" -gt 0 ]; then
     printf 'failures:%b\n' "$FAILURES"
