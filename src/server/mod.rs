@@ -263,7 +263,7 @@ async fn serve_connection(
     match acceptor {
         None => {
             let info = ConnInfo { peer, tls: false };
-            serve_http(io, info, conn, relay, true).await;
+            serve_http(io, info, conn, relay, Protocol::Detect).await;
         }
         Some(acceptor) => {
             let handshake = tokio::time::timeout(conn.timeouts.handshake, acceptor.accept(io));
@@ -282,11 +282,15 @@ async fn serve_connection(
                 () = stop.cancelled() => return,
             };
             activity.reset_head();
-            // HTTP/2 clients send SETTINGS, PINGs and WINDOW_UPDATEs between requests, so
-            // the request-head deadline applies to HTTP/1 only.
-            let http1 = tls.get_ref().1.alpn_protocol() != Some(b"h2");
+            // Over TLS, ALPN has settled the protocol (RFC 9113 3.2: h2 over TLS is always
+            // negotiated), so hyper need not sniff the first bytes for a preface.
+            let protocol = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                Protocol::Http2
+            } else {
+                Protocol::Http1
+            };
             let info = ConnInfo { peer, tls: true };
-            serve_http(tls, info, conn, relay, http1).await;
+            serve_http(tls, info, conn, relay, protocol).await;
         }
     }
 }
@@ -302,12 +306,22 @@ struct Connection<'a> {
     activity: &'a Activity,
 }
 
+/// How a connection's protocol is known.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// Negotiated by ALPN.
+    Http1,
+    Http2,
+    /// Plain TCP: HTTP/1.1, or HTTP/2 with prior knowledge, told apart by the first bytes.
+    Detect,
+}
+
 async fn serve_http<IO>(
     io: IO,
     info: ConnInfo,
     conn: Connection<'_>,
     relay: UpgradeRelay,
-    head_deadline: bool,
+    protocol: Protocol,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -340,47 +354,117 @@ async fn serve_http<IO>(
         })
     };
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // Only a backstop: `Activity::head_overdue` enforces header_read from the first byte
-        // of a head, and `idle` governs the wait between keep-alive requests.
-        .header_read_timeout(timeouts.header_read.max(timeouts.idle))
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(250);
+    // Only a backstop: `Activity::head_overdue` enforces header_read from the first byte of
+    // a head, and `idle` governs the wait between keep-alive requests.
+    let head_backstop = timeouts.header_read.max(timeouts.idle);
+    let read_buffer = limits.max_header_bytes.max(8192);
+    let header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
+    const MAX_STREAMS: u32 = 250;
+    let io = TokioIo::new(io);
+    let lifetime = Lifetime {
+        info: &info,
+        timeouts,
+        stop,
+        activity,
+    };
+    // HTTP/2 clients send SETTINGS, PINGs and WINDOW_UPDATEs between requests, so the
+    // request-head deadline applies to HTTP/1 only.
+    match protocol {
+        Protocol::Http1 => {
+            let mut http1 = hyper::server::conn::http1::Builder::new();
+            http1
+                .timer(TokioTimer::new())
+                .header_read_timeout(head_backstop)
+                .max_buf_size(read_buffer)
+                .keep_alive(true);
+            let connection = http1.serve_connection(io, service).with_upgrades();
+            lifetime
+                .drive(connection, |c| c.graceful_shutdown(), true)
+                .await;
+        }
+        Protocol::Http2 => {
+            let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            http2
+                .timer(TokioTimer::new())
+                .max_header_list_size(header_list)
+                .max_concurrent_streams(MAX_STREAMS);
+            let connection = http2.serve_connection(io, service);
+            lifetime
+                .drive(connection, |c| c.graceful_shutdown(), false)
+                .await;
+        }
+        Protocol::Detect => {
+            // The same settings as the two above, through hyper-util's sniffing builder.
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(head_backstop)
+                .max_buf_size(read_buffer)
+                .keep_alive(true);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(header_list)
+                .max_concurrent_streams(MAX_STREAMS);
+            let connection = builder.serve_connection_with_upgrades(io, service);
+            lifetime
+                .drive(connection, |c| c.graceful_shutdown(), true)
+                .await;
+        }
+    }
+}
 
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(connection);
-    let mut draining = false;
-    loop {
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            () = stop.cancelled(), if !draining => {
-                connection.as_mut().graceful_shutdown();
-                draining = true;
-            }
-            () = activity.head_overdue(timeouts.header_read), if head_deadline => {
-                tracing::debug!(peer = %info.peer, "request head not complete within header_read; closing");
-                return;
-            }
-            () = activity.idle_for(timeouts.idle) => {
-                if draining {
-                    // Asked to close politely once and still silent: drop it.
+/// What ends a served connection besides the client: shutdown, a late request head, idle.
+struct Lifetime<'a> {
+    info: &'a ConnInfo,
+    timeouts: Timeouts,
+    stop: &'a CancellationToken,
+    activity: &'a Activity,
+}
+
+impl Lifetime<'_> {
+    async fn drive<C, E>(
+        &self,
+        connection: C,
+        graceful_shutdown: impl Fn(std::pin::Pin<&mut C>),
+        head_deadline: bool,
+    ) where
+        C: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let Lifetime {
+            info,
+            timeouts,
+            stop,
+            activity,
+        } = self;
+        tokio::pin!(connection);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+                    }
                     return;
                 }
-                connection.as_mut().graceful_shutdown();
-                draining = true;
+                () = stop.cancelled(), if !draining => {
+                    graceful_shutdown(connection.as_mut());
+                    draining = true;
+                }
+                () = activity.head_overdue(timeouts.header_read), if head_deadline => {
+                    tracing::debug!(peer = %info.peer, "request head not complete within header_read; closing");
+                    return;
+                }
+                () = activity.idle_for(timeouts.idle) => {
+                    if draining {
+                        // Asked to close politely once and still silent: drop it.
+                        return;
+                    }
+                    graceful_shutdown(connection.as_mut());
+                    draining = true;
+                }
             }
         }
     }
