@@ -193,6 +193,29 @@ impl BasicAuth {
         password: Vec<u8>,
         attempt: &Attempt,
     ) -> Result<super::Verified, Rejection> {
+        if let Some(cache) = &self.cache {
+            let key = cache_key(&cache.key, &user, &password);
+            let hit = cache.entries.get(&key).await;
+            if hit.is_some_and(|c| Some(c.fingerprint) == self.db.htpasswd.fingerprint(&user)) {
+                self.counters.hit();
+                return Ok(super::Verified {
+                    groups: self.db.groups.groups_of(&user).to_vec(),
+                    user,
+                });
+            }
+        }
+        // Boxed: the hashing path is a large future that cache hits need not carry (see
+        // `Gate::pipeline`).
+        Box::pin(self.verify_with_hashing(user, password, attempt)).await
+    }
+
+    /// A cache miss: one hash computation per distinct credential at a time.
+    async fn verify_with_hashing(
+        &self,
+        user: String,
+        password: Vec<u8>,
+        attempt: &Attempt,
+    ) -> Result<super::Verified, Rejection> {
         let started = tokio::time::Instant::now();
         let db = Arc::clone(&self.db);
         let outcome = match &self.cache {

@@ -310,7 +310,9 @@ impl JwtAuth {
             self.counters.miss();
         }
         let generation = self.verifier.keys.generation();
-        let claims = self.verifier.verify(token).await?;
+        // Boxed: key lookup may fetch a JWKS, a large future every cached request would
+        // otherwise carry (see `Gate::pipeline`).
+        let claims = Box::pin(self.verifier.verify(token)).await?;
         if self.refuse_id_tokens && claims.get("nonce").is_some() {
             return Err(TokenError::IdToken);
         }

@@ -9,7 +9,6 @@
 //!    any number of copies) and then set by us. Strip-then-set happens in [`rewrite_request`]
 //!    and nowhere else.
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 
 use http::HeaderMap;
@@ -20,17 +19,17 @@ use crate::config::IdentityHeaders;
 
 /// Headers that describe one connection, never the message (RFC 9110 7.6.1), plus the
 /// legacy ones proxies have always treated the same way.
-const HOP_BY_HOP: [&str; 10] = [
-    "connection",
-    "http2-settings",
-    "proxy-connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 10] = [
+    CONNECTION,
+    HeaderName::from_static("http2-settings"),
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    UPGRADE,
 ];
 
 /// Headers the proxy sets itself, or that upstreams are known to trust as coming from a
@@ -80,22 +79,61 @@ pub fn canonical(name: &str) -> String {
 /// through) and the configured identity headers (which we set).
 #[derive(Debug, Clone)]
 pub struct ManagedHeaders {
-    canonical: HashSet<String>,
+    /// Canonical names, sorted and deduplicated.
+    canonical: Vec<Box<[u8]>>,
+    /// Bit `n` is set when some canonical name is `n` bytes long: most names a request
+    /// carries are ruled out by their length alone.
+    lengths: u64,
     identity: IdentityHeaders,
 }
 
+/// Longer canonical names are compared through the slow path; none of ours is.
+const FAST_CANONICAL_LEN: usize = 64;
+
 impl ManagedHeaders {
     pub fn new(identity: &IdentityHeaders) -> Self {
-        let mut names: HashSet<String> = PROXY_OWNED.iter().map(|h| canonical(h)).collect();
-        names.extend(identity.all_names().map(|h| canonical(h.as_str())));
+        let mut names: Vec<Box<[u8]>> = PROXY_OWNED
+            .iter()
+            .copied()
+            .chain(identity.all_names().map(HeaderName::as_str))
+            .map(|h| canonical(h).into_bytes().into_boxed_slice())
+            .collect();
+        names.sort();
+        names.dedup();
+        let lengths = names
+            .iter()
+            .filter(|n| n.len() < FAST_CANONICAL_LEN)
+            .fold(0, |bits, n| bits | 1 << n.len());
         Self {
             canonical: names,
+            lengths,
             identity: identity.clone(),
         }
     }
 
+    /// Runs for every header of every request, so it neither allocates nor hashes.
     fn is_managed(&self, name: &HeaderName) -> bool {
-        self.canonical.contains(&canonical(name.as_str()))
+        let name = name.as_str().as_bytes();
+        let folded = name
+            .iter()
+            .filter(|b| !matches!(b, b'-' | b'_' | b'.'))
+            .count();
+        if folded >= FAST_CANONICAL_LEN {
+            let long = canonical(std::str::from_utf8(name).unwrap_or_default());
+            return self.canonical.iter().any(|n| **n == *long.as_bytes());
+        }
+        if self.lengths & (1 << folded) == 0 {
+            return false;
+        }
+        let mut buffer = [0u8; FAST_CANONICAL_LEN];
+        let mut len = 0;
+        for &b in name {
+            if !matches!(b, b'-' | b'_' | b'.') {
+                buffer[len] = b.to_ascii_lowercase();
+                len += 1;
+            }
+        }
+        self.canonical.iter().any(|n| **n == buffer[..len])
     }
 }
 
@@ -123,15 +161,24 @@ pub fn is_websocket_upgrade(method: &http::Method, headers: &HeaderMap) -> bool 
 /// Removes hop-by-hop headers. When `keep_upgrade` is set the `Upgrade` header and a bare
 /// `Connection: upgrade` survive, so a protocol switch can be relayed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    strip(headers, keep_upgrade, |_| false);
+}
+
+/// Removes hop-by-hop headers, those `Connection` names, and those `also` picks, in one
+/// pass over the names present: a request with nothing to remove costs no allocation.
+fn strip(headers: &mut HeaderMap, keep_upgrade: bool, also: impl Fn(&HeaderName) -> bool) {
     let upgrade = if keep_upgrade {
         headers.get(UPGRADE).cloned()
     } else {
         None
     };
-    for name in connection_tokens(headers) {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
+    let named = connection_tokens(headers);
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| HOP_BY_HOP.contains(n) || named.contains(n) || also(n))
+        .cloned()
+        .collect();
+    for name in doomed {
         headers.remove(name);
     }
     if let Some(upgrade) = upgrade {
@@ -144,10 +191,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 pub struct ForwardedFacts<'a> {
     pub peer: IpAddr,
     pub peer_trusted: bool,
+    /// `peer`, formatted once per connection.
+    pub peer_text: &'a HeaderValue,
     pub client_ip: IpAddr,
     pub proto: &'static str,
     pub host: Option<&'a str>,
-    pub request_id: &'a str,
+    pub request_id: &'a HeaderValue,
     /// Who the proxy verified, for routes that require authentication.
     pub identity: Option<&'a Authenticated>,
 }
@@ -175,22 +224,18 @@ pub fn rewrite_request(
     let prior_proto = trusted_value(headers, "x-forwarded-proto");
     let prior_host = trusted_value(headers, "x-forwarded-host");
 
-    strip_hop_by_hop(headers, keep_upgrade);
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| managed.is_managed(n))
-        .cloned()
-        .collect();
-    for name in doomed {
-        headers.remove(name);
-    }
+    strip(headers, keep_upgrade, |n| managed.is_managed(n));
 
-    let peer = facts.peer.to_canonical().to_string();
-    let xff = match prior_for {
-        Some(prior) => format!("{prior}, {peer}"),
-        None => peer,
-    };
-    set(headers, "x-forwarded-for", &xff);
+    match prior_for {
+        Some(prior) => set(
+            headers,
+            X_FORWARDED_FOR,
+            &format!("{prior}, {}", facts.peer.to_canonical()),
+        ),
+        None => {
+            headers.insert(X_FORWARDED_FOR, facts.peer_text.clone());
+        }
+    }
     // The rightmost value was written by the trusted hop closest to us; values to its left
     // may come from the client.
     let proto = prior_proto
@@ -199,15 +244,38 @@ pub fn rewrite_request(
         .map(str::trim)
         .filter(|p| matches!(*p, "http" | "https"))
         .unwrap_or(facts.proto);
-    set(headers, "x-forwarded-proto", proto);
-    if let Some(host) = prior_host.as_deref().or(facts.host) {
-        set(headers, "x-forwarded-host", host);
-    }
-    set(headers, "x-real-ip", &facts.client_ip.to_string());
-    set(headers, "x-request-id", facts.request_id);
+    let proto = if proto == "https" {
+        HeaderValue::from_static("https")
+    } else {
+        HeaderValue::from_static("http")
+    };
+    headers.insert(X_FORWARDED_PROTO, proto);
     if let Some(host) = facts.host {
-        set(headers, HOST.as_str(), host);
+        // Usually the client's own Host field already says exactly this.
+        if headers
+            .get(HOST)
+            .is_none_or(|v| v.as_bytes() != host.as_bytes())
+        {
+            set(headers, HOST, host);
+        }
     }
+    match (prior_host, facts.host) {
+        (Some(prior), _) => set(headers, X_FORWARDED_HOST, &prior),
+        (None, Some(host)) => match headers.get(HOST) {
+            Some(v) if v.as_bytes() == host.as_bytes() => {
+                let v = v.clone();
+                headers.insert(X_FORWARDED_HOST, v);
+            }
+            _ => set(headers, X_FORWARDED_HOST, host),
+        },
+        (None, None) => {}
+    }
+    if facts.client_ip == facts.peer.to_canonical() {
+        headers.insert(X_REAL_IP, facts.peer_text.clone());
+    } else {
+        set(headers, X_REAL_IP, &facts.client_ip.to_string());
+    }
+    headers.insert(X_REQUEST_ID, facts.request_id.clone());
     join_cookies(headers);
     let names = &managed.identity;
     if !names.forward_authorization {
@@ -247,6 +315,19 @@ pub fn rewrite_request(
 
 /// HTTP/2 clients may split `Cookie` into several fields (RFC 9113 8.2.3); HTTP/1.1
 /// upstreams expect one, joined with "; ".
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The textual form of a connection's peer address, as `X-Forwarded-For` and `X-Real-IP`
+/// carry it.
+pub fn peer_text(peer: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(peer.to_canonical().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 fn join_cookies(headers: &mut HeaderMap) {
     let cookies: Vec<HeaderValue> = headers
         .get_all(http::header::COOKIE)
@@ -261,11 +342,11 @@ fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     // Every value here is an address, a token or a header value we already accepted, so it
     // is always valid; skipping rather than panicking keeps that an assumption, not a crash.
     if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(HeaderName::from_static(name), v);
+        headers.insert(name, v);
     }
 }
 
@@ -301,13 +382,15 @@ mod tests {
         }
         h.append("x-forwarded-user", HeaderValue::from_static("root"));
         h.insert("x-app", HeaderValue::from_static("keep"));
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
         let facts = ForwardedFacts {
-            peer: "127.0.0.1".parse().unwrap(),
+            peer,
             peer_trusted: false,
-            client_ip: "127.0.0.1".parse().unwrap(),
+            peer_text: &peer_text(peer),
+            client_ip: peer,
             proto: "https",
             host: Some("example.com"),
-            request_id: "rid",
+            request_id: &HeaderValue::from_static("rid"),
             identity: None,
         };
         rewrite_request(&mut h, &managed(), &facts, false);

@@ -262,7 +262,7 @@ async fn serve_connection(
     };
     match acceptor {
         None => {
-            let info = ConnInfo { peer, tls: false };
+            let info = ConnInfo::new(peer, false);
             serve_http(io, info, conn, relay, Protocol::Detect).await;
         }
         Some(acceptor) => {
@@ -289,7 +289,7 @@ async fn serve_connection(
             } else {
                 Protocol::Http1
             };
-            let info = ConnInfo { peer, tls: true };
+            let info = ConnInfo::new(peer, true);
             serve_http(tls, info, conn, relay, protocol).await;
         }
     }
@@ -332,20 +332,26 @@ async fn serve_http<IO>(
         stop,
         activity,
     } = conn;
+    let info = Arc::new(info);
     let service = {
         let reloader = Arc::clone(reloader);
         let activity = activity.clone();
+        let info = Arc::clone(&info);
         service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             // The gate current now: a reload between two requests on one keep-alive
             // connection applies to the second.
             let gate = Arc::clone(&reloader.current().gate);
             let in_flight = activity.begin_request();
             // An upgraded connection outlives this service call; it takes the connection's
-            // slot and shutdown tracking with it.
-            request.extensions_mut().insert(relay.clone());
+            // slot and shutdown tracking with it. Only a request asking to upgrade can
+            // become one (and extensions cost an allocation on every other request).
+            if request.headers().contains_key(hyper::header::UPGRADE) {
+                request.extensions_mut().insert(relay.clone());
+            }
             // Boxed: hyper keeps a slot the size of this future in every connection, busy
             // or idle; unboxed, the whole pipeline's state (~10 KB) would sit in each idle
             // keep-alive connection (bench/, idle-connection memory row).
+            let info = Arc::clone(&info);
             Box::pin(async move {
                 let response = gate.handle(request, &info).await;
                 drop(in_flight);

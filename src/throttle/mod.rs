@@ -258,7 +258,9 @@ impl Throttle {
         // round trip (a flood from one client then costs Redis nothing).
         self.local.check(client, user, now)?;
         if let Some(shared) = &self.shared {
-            if let Some(verdict) = shared.check(client, user).await {
+            // Redis calls are boxed here and below: their futures are large, and every
+            // authenticated request would carry them inline even with no Redis configured.
+            if let Some(verdict) = Box::pin(shared.check(client, user)).await {
                 return verdict;
             }
         }
@@ -273,7 +275,7 @@ impl Throttle {
     ) -> Result<(), Throttled> {
         let now = self.clock.now();
         if let Some(shared) = &self.shared {
-            if let Some(verdict) = shared.reserve(client, user, id).await {
+            if let Some(verdict) = Box::pin(shared.reserve(client, user, id)).await {
                 // Mirror locally so a Redis outage mid-attack does not reset the count.
                 if verdict.is_ok() {
                     self.local.add_pending(client, user, id, now);
@@ -290,7 +292,9 @@ impl Throttle {
         let user_key = user.map(|(_, k)| k);
         let local = self.local.fail(client, user_key, id, now);
         let transitions = match &self.shared {
-            Some(shared) => shared.fail(client, user_key, id).await.unwrap_or(local),
+            Some(shared) => Box::pin(shared.fail(client, user_key, id))
+                .await
+                .unwrap_or(local),
             None => local,
         };
         if let Some(blocked_for) = transitions.client_blocked_for {
@@ -332,7 +336,7 @@ impl Throttle {
             // The pair's exemption is written to Redis at most a few times per
             // user_window, not on every request.
             if first_sighting || id.is_some() {
-                shared.succeed(client, user, id).await;
+                Box::pin(shared.succeed(client, user, id)).await;
             }
         }
     }
