@@ -158,10 +158,14 @@ impl Gate {
         let client = client_ip(conn.peer.ip(), request.headers(), &self.trusted_proxies);
         let body_kind = respond::negotiate(request.headers());
         let method = request.method().clone();
-        let raw_path = request.uri().path().to_string();
+        let builtin_target = routes::prefix_matches(BUILTIN_PREFIX, request.uri().path());
+        let raw_path = self.access_log.then(|| request.uri().path().to_string());
         let cors_origin = self.allowed_origin(request.headers());
 
-        let mut trace = Trace::default();
+        let mut trace = Trace {
+            for_access_log: self.access_log,
+            ..Trace::default()
+        };
         let result = self
             .pipeline(request, conn, peer_trusted, client, &request_id, &mut trace)
             .await;
@@ -194,7 +198,7 @@ impl Gate {
 
         let route_label = match &trace.route_label {
             Some(label) => label,
-            None if routes::prefix_matches(BUILTIN_PREFIX, &raw_path) => &self.builtin_label,
+            None if builtin_target => &self.builtin_label,
             None => &self.unrouted_label,
         };
         self.metrics
@@ -209,8 +213,12 @@ impl Gate {
                 request_id = request_id.to_str().unwrap_or_default(),
                 client = %client,
                 method = %method,
-                path = %trace.path.as_deref().unwrap_or(&raw_path),
-                route = trace.route.as_deref().unwrap_or("-"),
+                path = %trace.path.as_deref().or(raw_path.as_deref()).unwrap_or("-"),
+                route = trace
+                    .route
+                    .as_deref()
+                    .or(trace.route_label.as_deref().map(String::as_str))
+                    .unwrap_or("-"),
                 user = trace.user.as_deref().unwrap_or("-"),
                 auth = if trace.auth.is_empty() { "-" } else { trace.auth },
                 status = response.status().as_u16(),
@@ -289,9 +297,12 @@ impl Gate {
         let host = request_host(request)?;
         let path = routes::normalize_path(request.uri().path())
             .map_err(|_| Failure::BadRequest("The request path is malformed or ambiguous."))?;
-        trace.path = Some(path.clone());
         if routes::prefix_matches(BUILTIN_PREFIX, &path) {
+            trace.path = Some(path);
             return Ok(Admitted::Builtin);
+        }
+        if trace.for_access_log {
+            trace.path = Some(path.clone());
         }
 
         let route = self.route_for(host.as_deref(), &path, trace)?;
@@ -332,7 +343,6 @@ impl Gate {
             .routes
             .find(match_host.as_deref(), path)
             .ok_or(Failure::NotFound)?;
-        trace.route = Some(route.label.to_string());
         trace.route_label = Some(Arc::clone(&route.label));
         Ok(route)
     }
@@ -499,7 +509,9 @@ impl Gate {
         trace: &mut Trace,
     ) -> Result<Authenticated, Failure> {
         let credential = self.auth.credential(headers);
-        trace.user = credential.presented_user().map(capped);
+        if let Some(user) = credential.presented_user() {
+            trace.note_user(user);
+        }
         let attempt = match &self.throttle {
             Some(throttle) => throttle.attempt(client, credential.presented_user()),
             None => Attempt::unthrottled(),
@@ -523,7 +535,7 @@ impl Gate {
                 self.metrics
                     .auth(who.scheme().as_str(), "success", "success");
                 trace.auth = who.scheme().as_str();
-                trace.user = Some(capped(who.user()));
+                trace.note_user(who.user());
                 Ok(who)
             }
             Err(Rejection::Throttled(throttled)) => {
@@ -764,6 +776,9 @@ fn capped(user: &str) -> String {
 /// What the access log reports about one request.
 #[derive(Default)]
 struct Trace {
+    /// Whether the access log will read this: strings only it needs are built only then.
+    for_access_log: bool,
+    /// For requests not on a configured route (the route's label is `route_label`).
     route: Option<String>,
     /// The matched route's label, for metrics (never a client-chosen string).
     route_label: Option<Arc<String>>,
@@ -775,6 +790,15 @@ struct Trace {
     upstream_latency: Option<Duration>,
     /// Session cookies to set or clear on the response, whatever it turns out to be.
     set_cookies: Vec<HeaderValue>,
+}
+
+impl Trace {
+    /// The authenticated user, or the username presented with failed credentials.
+    fn note_user(&mut self, user: &str) {
+        if self.for_access_log {
+            self.user = Some(capped(user));
+        }
+    }
 }
 
 /// A request id from a trusted proxy is kept so one id follows the request end to end;

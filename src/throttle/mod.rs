@@ -241,7 +241,7 @@ impl Throttle {
         Attempt {
             throttle: Some(Arc::clone(self)),
             client: ClientKey::of(client),
-            user: user.map(str::to_string),
+            user: user.map(|name| (name.to_string(), UserKey::of(name))),
             reservation: Mutex::new(None),
             tried_reserving: AtomicBool::new(false),
         }
@@ -350,7 +350,8 @@ impl Throttle {
 pub struct Attempt {
     throttle: Option<Arc<Throttle>>,
     client: ClientKey,
-    user: Option<String>,
+    /// The presented username and its key, hashed once per request.
+    user: Option<(String, UserKey)>,
     /// The guess this request reserved, if it ran an expensive check.
     reservation: Mutex<Option<String>>,
     tried_reserving: AtomicBool,
@@ -369,7 +370,7 @@ impl Attempt {
     }
 
     fn user_key(&self) -> Option<UserKey> {
-        self.user.as_deref().map(UserKey::of)
+        self.user.as_ref().map(|(_, key)| *key)
     }
 
     /// Whether this request itself asked to reserve a guess (a request that joined
@@ -429,7 +430,7 @@ impl Attempt {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .unwrap_or_else(|| t.new_id());
-        let user = self.user.as_deref().map(|name| (name, UserKey::of(name)));
+        let user = self.user.as_ref().map(|(name, key)| (name.as_str(), *key));
         t.fail(self.client, user, &id).await;
     }
 
@@ -442,8 +443,11 @@ impl Attempt {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        t.succeed(self.client, UserKey::of(user), id.as_deref())
-            .await;
+        let key = match &self.user {
+            Some((presented, key)) if presented == user => *key,
+            _ => UserKey::of(user),
+        };
+        t.succeed(self.client, key, id.as_deref()).await;
     }
 }
 
@@ -460,7 +464,7 @@ impl Drop for Attempt {
         let Some(id) = reservation else { return };
         let (client, user) = (self.client, self.user.take());
         let record = async move {
-            let user = user.as_deref().map(|name| (name, UserKey::of(name)));
+            let user = user.as_ref().map(|(name, key)| (name.as_str(), *key));
             throttle.fail(client, user, &id).await;
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
