@@ -409,7 +409,9 @@ fn run(path: &Path) -> ExitCode {
         return ExitCode::from(1);
     };
     sallyport::logging::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The control plane: signals, accepting, the admin endpoints, reloads and background
+    // refreshes. Connections are served on worker threads of their own, one per core.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -449,7 +451,8 @@ fn run(path: &Path) -> ExitCode {
                 .await;
             }
         });
-        server.run(shutdown).await;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        server.run_on_workers(shutdown, threads).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })

@@ -288,7 +288,6 @@ impl Reloader {
                     if snapshot.log_level != current.log_level {
                         crate::logging::set_level(&snapshot.log_level);
                     }
-                    tracing::info!(?trigger, file = %self.path.display(), "config reloaded");
                     self.current.store(Arc::new(snapshot));
                     // Still serialised: two overlapping reloads cannot leave the watcher on
                     // the older file set.
@@ -301,6 +300,9 @@ impl Reloader {
                         s.successes += 1;
                         s.last_error = None;
                     });
+                    // Logged once the new config is in use and counted: whoever reads
+                    // this line and then looks at /metrics or sends a request sees it.
+                    tracing::info!(?trigger, file = %self.path.display(), "config reloaded");
                     true
                 }
                 Err(why) => {

@@ -11,6 +11,7 @@
 pub(crate) mod activity;
 pub mod admin;
 pub mod tls;
+mod workers;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -114,7 +115,32 @@ impl Server {
         self.reloader.current().tls.is_some()
     }
 
+    /// Serves on the runtime this is called from (tests: a paused clock reaches every
+    /// connection) until `shutdown` resolves.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.serve(shutdown, None).await;
+    }
+
+    /// Serves connections on `threads` single-threaded runtimes of their own (see
+    /// `workers`), keeping this runtime for accepting, the admin endpoints, reloads and
+    /// background refreshes.
+    pub async fn run_on_workers(self, shutdown: impl Future<Output = ()>, threads: usize) {
+        match workers::Workers::start(threads) {
+            Ok(pool) => {
+                tracing::info!(
+                    threads = pool.threads(),
+                    "serving connections on worker threads"
+                );
+                self.serve(shutdown, Some(Arc::new(pool))).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start worker threads; serving on the main runtime");
+                self.serve(shutdown, None).await;
+            }
+        }
+    }
+
+    async fn serve(self, shutdown: impl Future<Output = ()>, pool: Option<Arc<workers::Workers>>) {
         let stop = CancellationToken::new();
         let admin_stop = CancellationToken::new();
         let connections = TaskTracker::new();
@@ -142,6 +168,7 @@ impl Server {
                 Arc::clone(&limiter),
                 stop.clone(),
                 connections.clone(),
+                pool.clone(),
             )));
         }
 
@@ -164,6 +191,9 @@ impl Server {
                 open = connections.len(),
                 "shutdown grace period over; closing remaining connections"
             );
+        }
+        if let Some(pool) = pool.and_then(Arc::into_inner) {
+            pool.stop().await;
         }
         admin_stop.cancel();
         if let Some(admin) = admin {
@@ -196,6 +226,7 @@ async fn accept_loop(
     limiter: Arc<Semaphore>,
     stop: CancellationToken,
     connections: TaskTracker,
+    pool: Option<Arc<workers::Workers>>,
 ) {
     loop {
         // Waiting for a permit before accepting leaves excess clients in the kernel's
@@ -227,14 +258,24 @@ async fn accept_loop(
             tracker: connections.clone(),
             idle: snapshot.timeouts.idle,
         };
-        connections.spawn(serve_connection(
-            stream,
-            peer,
-            snapshot,
-            Arc::clone(&reloader),
-            stop.clone(),
-            relay,
-        ));
+        let reloader = Arc::clone(&reloader);
+        let stop = stop.clone();
+        match &pool {
+            None => {
+                connections.spawn(serve_connection(
+                    stream, peer, snapshot, reloader, stop, relay,
+                ));
+            }
+            Some(pool) => {
+                // Tracked from now, not from when the worker picks it up: shutdown must
+                // not overlook a connection still queued for a worker.
+                let tracked = connections.token();
+                pool.dispatch(stream, move |stream| async move {
+                    serve_connection(stream, peer, snapshot, reloader, stop, relay).await;
+                    drop(tracked);
+                });
+            }
+        }
     }
 }
 

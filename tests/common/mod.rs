@@ -151,6 +151,16 @@ impl Proxy {
 
     /// As [`Proxy::start`], with sessions timed by `clock`.
     pub async fn start_with_clock(dir: &Path, config: &str, clock: WallClock) -> Proxy {
+        Proxy::launch(dir, config, clock, None).await
+    }
+
+    /// As [`Proxy::start`], serving connections on `threads` worker threads of their own,
+    /// as the binary does (their timers do not follow a paused test clock).
+    pub async fn start_on_workers(dir: &Path, config: &str, threads: usize) -> Proxy {
+        Proxy::launch(dir, config, WallClock::system(), Some(threads)).await
+    }
+
+    async fn launch(dir: &Path, config: &str, clock: WallClock, threads: Option<usize>) -> Proxy {
         let path = dir.join("sallyport.toml");
         std::fs::write(&path, config).unwrap();
         let config = Config::load(&path)
@@ -160,9 +170,13 @@ impl Proxy {
         let admin = server.admin_addr();
         let reloader = server.reloader();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async move {
+        let shutdown = async move {
             let _ = rx.await;
-        }));
+        };
+        let task = match threads {
+            None => tokio::spawn(server.run(shutdown)),
+            Some(threads) => tokio::spawn(server.run_on_workers(shutdown, threads)),
+        };
         Proxy {
             addr: addrs[0],
             addrs,
