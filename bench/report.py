@@ -80,6 +80,12 @@ def fmt_ms(v):
     return "{:.2f} ms".format(v)
 
 
+def fmt_us(v):
+    if v is None:
+        return "—"
+    return "{:.0f} µs".format(v) if v < 1000 else "{:.1f} ms".format(v / 1000)
+
+
 def fmt_mib(kib):
     return "—" if kib is None else "{:.1f} MiB".format(kib / 1024)
 
@@ -113,6 +119,10 @@ def main():
         s["round"] = rnd
         rss = read(path[:-4] + ".rss")
         s["rss"] = int(rss) if rss and rss.strip().isdigit() else None
+        cpu = (read(path[:-4] + ".cpu") or "").split()
+        s["cpu_us"] = None
+        if len(cpu) == 2 and all(x.isdigit() for x in cpu) and int(cpu[1]) and s["requests"]:
+            s["cpu_us"] = int(cpu[0]) / int(cpu[1]) * 1e6 / s["requests"]
         if row == 8:
             flood = read(path[:-4] + ".flood.json")
             s["flood"] = json.loads(flood) if flood else None
@@ -130,6 +140,7 @@ def main():
             "p50": median([s["p50"] for s in ss]),
             "p99": median([s["p99"] for s in ss]),
             "rss": median([s["rss"] for s in ss]),
+            "cpu": median([s["cpu_us"] for s in ss]),
             "non2xx": sum(s["non2xx"] for s in ss),
             "errors": sum(s["errors"] for s in ss),
             "requests": sum(s["requests"] for s in ss),
@@ -162,8 +173,8 @@ def main():
     o.append("Machine state: %s; other work on the machine shows up as drift between rounds "
              "(see \"Every round\")." % meta.get("load", "?"))
     o.append("")
-    o.append("| # | setup | requests/s | p50 | p99 | peak RSS | vs row 2 | notes |")
-    o.append("|---|---|---:|---:|---:|---:|---:|---|")
+    o.append("| # | setup | requests/s | p50 | p99 | CPU per request | peak RSS | vs row 2 | notes |")
+    o.append("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for row, title in ROWS.items():
         m = med[row]
         notes = []
@@ -179,6 +190,8 @@ def main():
             notes.append("RSS: the upstream nginx")
         if row in (2, 3):
             notes.append("RSS: master + workers")
+        if row == 8:
+            notes.append("CPU includes refusing the flood")
         if row == 3 and meta.get("row3_duration"):
             notes.append("wrk ran %s s: the first answers take seconds" % meta["row3_duration"])
         if row == 8 and floods:
@@ -190,9 +203,9 @@ def main():
             notes.append("flood (all rounds): %d x 401, %d x 429, %d other, %d conn errors, from %d addresses"
                          % (f401, f429, fother, ferr, fsrc))
         ratio = m["rps"] / base if (m["rps"] is not None and base) else None
-        o.append("| %d | %s | %s | %s | %s | %s | %s | %s |" % (
+        o.append("| %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             row, title, fmt_rps(m["rps"]), fmt_ms(m["p50"]), fmt_ms(m["p99"]),
-            fmt_mib(m["rss"]), fmt_ratio(ratio), "; ".join(notes)))
+            fmt_us(m["cpu"]), fmt_mib(m["rss"]), fmt_ratio(ratio), "; ".join(notes)))
 
     per_conn = {}
     for name, label in (("sallyport", "sallyport (public route)"), ("nginx", "nginx (as row 2)")):
@@ -202,7 +215,7 @@ def main():
     for name, label in (("sallyport", "sallyport, public route"), ("nginx", "nginx, as row 2")):
         r = idle[name]
         if not r:
-            o.append("| 9 | %d idle TLS keep-alive connections: %s | — | — | — | not measured | — | %s |"
+            o.append("| 9 | %d idle TLS keep-alive connections: %s | — | — | — | — | not measured | — | %s |"
                      % (int(meta.get("idle_count", "0") or 0), label, idle_err or "did not run"))
             continue
         delta = r["rss_after_kib"] - r["rss_before_kib"]
@@ -212,7 +225,7 @@ def main():
             r["opened"], r["alive"], fmt_mib(r["rss_before_kib"]), fmt_mib(r["rss_after_kib"]))
         if r.get("errors"):
             note += "; errors %s" % r["errors"]
-        o.append("| 9 | %d idle TLS keep-alive connections: %s | — | — | — | +%s = %s/conn | %s | %s |" % (
+        o.append("| 9 | %d idle TLS keep-alive connections: %s | — | — | — | — | +%s = %s/conn | %s | %s |" % (
             r["requested"], label, fmt_mib(delta),
             "—" if pc is None else "{:.1f} KiB".format(pc / 1024),
             ("%s of nginx" % fmt_ratio(ratio)) if ratio is not None else "—", note))
@@ -301,6 +314,9 @@ def main():
     o.append("- Each server is started fresh for each measurement; peak RSS is VmHWM from "
              "/proc at the end of it (nginx: master + workers summed; row 1: the upstream, "
              "its peak reset before the row).")
+    o.append("- CPU per request: the server's user + system time from /proc over the measured "
+             "`wrk` run (nginx: master + workers; row 1: the upstream), divided by the requests "
+             "it served. It moves far less with the machine's other load than requests/s do.")
     o.append("- Row 8: %s" % meta.get("flood", ""))
     o.append("- Row 9: `bench/idle_conns.py` opens the connections (TLS handshake and one request "
              "each, then idle), and the server's summed VmRSS before and after gives the delta.")

@@ -167,6 +167,16 @@ peak_kib() {
     echo "$total"
 }
 
+# cpu_ticks PID: user + system clock ticks so far, summed over the process and its children.
+cpu_ticks() {
+    local total=0 p v
+    for p in $(tree_pids "$1"); do
+        v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || true)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
 # wait_ready URL [curl args...]: poll (bounded, 10 s) until the URL answers at all, then
 # require a 200 with the given arguments. This also fills caches (Basic, Bearer).
 wait_ready() {
@@ -343,10 +353,13 @@ measure() {
         flood_pid=$LAST_PID
         sleep 1
     fi
-    local dur=$DURATION
+    local dur=$DURATION ticks
     [ "$row" != 3 ] || dur=$ROW3_DURATION
+    ticks=$(cpu_ticks "$pid")
     timeout $((dur + WRK_TIMEOUT + 30)) wrk --latency -t"$THREADS" -c"$CONNECTIONS" -d"${dur}s" \
         --timeout "${WRK_TIMEOUT}s" "${hdr[@]}" "$url" >"$out.wrk" 2>&1 || true
+    # CPU time per request moves far less with the machine's other load than requests/s.
+    echo "$(($(cpu_ticks "$pid") - ticks)) $(getconf CLK_TCK)" >"$out.cpu"
     if [ -n "$flood_pid" ]; then
         # flood.py bounds itself (duration + grace + 5 s); give it that long, then stop it.
         for _ in $(seq 1 200); do kill -0 "$flood_pid" 2>/dev/null || break; sleep 0.1; done
