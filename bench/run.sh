@@ -157,25 +157,22 @@ tree_pids() {
     pgrep -P "$1" || true
 }
 
-# peak_kib PID: VmHWM summed over the process and its children.
-peak_kib() {
+# tree_sum PID FILE AWK_PROGRAM: a number read from /proc/P/FILE by AWK_PROGRAM, summed
+# over the process and its children (gone processes count 0).
+tree_sum() {
     local total=0 p v
     for p in $(tree_pids "$1"); do
-        v=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
+        v=$(awk "$3" "/proc/$p/$2" 2>/dev/null || true)
         total=$((total + ${v:-0}))
     done
     echo "$total"
 }
 
-# cpu_ticks PID: user + system clock ticks so far, summed over the process and its children.
-cpu_ticks() {
-    local total=0 p v
-    for p in $(tree_pids "$1"); do
-        v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || true)
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
+# peak_kib PID: VmHWM, the peak resident set.
+peak_kib() { tree_sum "$1" status '/^VmHWM:/ {print $2}'; }
+
+# cpu_ticks PID: user + system clock ticks so far.
+cpu_ticks() { tree_sum "$1" stat '{print $14 + $15}'; }
 
 # wait_ready URL [curl args...]: poll (bounded, 10 s) until the URL answers at all, then
 # require a 200 with the given arguments. This also fills caches (Basic, Bearer).
