@@ -30,7 +30,7 @@ use crate::config::{Config, Cors, IdentityHeaders, RouteAuth};
 use crate::forward_auth;
 use crate::metrics::{Metrics, outcome_of};
 use crate::policy::{Denied, Policy};
-use crate::proxy::headers::{ForwardedFacts, ManagedHeaders};
+use crate::proxy::headers::{ForwardedFacts, ManagedHeaders, X_REQUEST_ID};
 use crate::proxy::{self, ProxyBody, ProxySettings, Upstream};
 use crate::respond::{self, Failure};
 use crate::routes::{self, RouteTable};
@@ -259,7 +259,7 @@ impl Gate {
             let request = Request::from_parts(parts, ());
             // Boxed, like every path off the proxied fast path: an async fn's future is as
             // large as its largest branch, and the whole of it is allocated and moved for
-            // every request (10 KB with these inline, against 1-2 KB without).
+            // every request (10 KB with these inline, 3.7 KB without).
             if path == FORWARD_AUTH_PATH {
                 return Box::pin(self.forward_auth(request.headers(), peer_trusted, client, trace))
                     .await;
@@ -820,8 +820,6 @@ fn request_id(headers: &http::HeaderMap, peer_trusted: bool) -> HeaderValue {
     let text = uuid::Uuid::new_v4().simple().encode_lower(&mut text);
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
-
-const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// The host the client asked for: `:authority` / absolute-form authority, else `Host`.
 /// Two Host fields, or an HTTP/2 `Host` that contradicts `:authority`, is a 400: two

@@ -198,10 +198,7 @@ impl BasicAuth {
             let hit = cache.entries.get(&key).await;
             if hit.is_some_and(|c| Some(c.fingerprint) == self.db.htpasswd.fingerprint(&user)) {
                 self.counters.hit();
-                return Ok(super::Verified {
-                    groups: self.db.groups.groups_of(&user).to_vec(),
-                    user,
-                });
+                return Ok(verified(&self.db, user));
             }
         }
         // Boxed: the hashing path is a large future that cache hits need not carry (see
@@ -273,10 +270,7 @@ impl BasicAuth {
             tokio::time::sleep_until(started + db.failure_floor).await;
         }
         match outcome {
-            Ok(_) => Ok(super::Verified {
-                groups: db.groups.groups_of(&user).to_vec(),
-                user,
-            }),
+            Ok(_) => Ok(verified(&db, user)),
             Err(Failed::UnknownUser) => Err(Rejection::UnknownUser { user }),
             Err(Failed::WrongPassword) => Err(Rejection::WrongPassword { user }),
             Err(Failed::Unavailable) => Err(Rejection::Unavailable),
@@ -310,6 +304,13 @@ impl BasicAuth {
             (_, Some(_)) => Err(Failed::WrongPassword),
             (_, None) => Err(Failed::UnknownUser),
         }
+    }
+}
+
+fn verified(db: &UserDb, user: String) -> super::Verified {
+    super::Verified {
+        groups: db.groups.groups_of(&user).to_vec(),
+        user,
     }
 }
 

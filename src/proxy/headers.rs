@@ -70,9 +70,14 @@ const PROXY_OWNED: [&str; 24] = [
 /// case, `-`, `_` and `.` are all ignored.
 pub fn canonical(name: &str) -> String {
     name.bytes()
-        .filter(|b| !matches!(b, b'-' | b'_' | b'.'))
+        .filter(|&b| !is_folded_away(b))
         .map(|b| char::from(b.to_ascii_lowercase()))
         .collect()
+}
+
+/// The separators backends ignore when they fold header names together.
+fn is_folded_away(b: u8) -> bool {
+    matches!(b, b'-' | b'_' | b'.')
 }
 
 /// The headers the proxy owns: their canonical names (which clients may never send
@@ -114,10 +119,7 @@ impl ManagedHeaders {
     /// Runs for every header of every request, so it neither allocates nor hashes.
     fn is_managed(&self, name: &HeaderName) -> bool {
         let name = name.as_str().as_bytes();
-        let folded = name
-            .iter()
-            .filter(|b| !matches!(b, b'-' | b'_' | b'.'))
-            .count();
+        let folded = name.iter().filter(|&&b| !is_folded_away(b)).count();
         if folded >= FAST_CANONICAL_LEN {
             let long = canonical(std::str::from_utf8(name).unwrap_or_default());
             return self.canonical.iter().any(|n| **n == *long.as_bytes());
@@ -128,7 +130,7 @@ impl ManagedHeaders {
         let mut buffer = [0u8; FAST_CANONICAL_LEN];
         let mut len = 0;
         for &b in name {
-            if !matches!(b, b'-' | b'_' | b'.') {
+            if !is_folded_away(b) {
                 buffer[len] = b.to_ascii_lowercase();
                 len += 1;
             }
@@ -319,7 +321,7 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The textual form of a connection's peer address, as `X-Forwarded-For` and `X-Real-IP`
 /// carry it.
