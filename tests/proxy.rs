@@ -765,3 +765,244 @@ async fn http2_cookie_fields_are_joined_for_the_upstream() {
     let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(seen["headers"]["cookie"], serde_json::json!(["a=1; b=2"]));
 }
+
+/// A hand-written HTTP/1.1 upstream answering every request with `ok`, which counts the
+/// connections it accepts and reports each one the proxy closes.
+struct CountingUpstream {
+    addr: std::net::SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    closed: mpsc::UnboundedReceiver<()>,
+}
+
+/// `hold_until`: answer nothing until that many requests are waiting. `close_after_each`:
+/// close every connection right after its first answer, without saying so in a
+/// `Connection` header (as an upstream with a short keep-alive limit does).
+async fn spawn_counting_upstream(hold_until: usize, close_after_each: bool) -> CountingUpstream {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let all_waiting = Arc::new(Notify::new());
+    let (closed_tx, closed) = mpsc::unbounded_channel();
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let closed_tx = closed_tx.clone();
+            let (waiting, all_waiting) = (Arc::clone(&waiting), Arc::clone(&all_waiting));
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = stream.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        let _ = closed_tx.send(());
+                        return;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        let arrived = all_waiting.notified();
+                        if waiting.fetch_add(1, Ordering::SeqCst) + 1 >= hold_until {
+                            all_waiting.notify_waiters();
+                        } else {
+                            arrived.await;
+                        }
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        if close_after_each {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    CountingUpstream {
+        addr,
+        accepted,
+        closed,
+    }
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let pki = Pki::new();
+    let upstream = spawn_counting_upstream(0, false).await;
+    let proxy = proxy_to(&pki, &format!("http://{}", upstream.addr), "").await;
+    let client = pki.client(proxy.addr).build().unwrap();
+    for _ in 0..20 {
+        let response = client.get(url(proxy.addr, "/")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "ok");
+    }
+    let accepted = upstream.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        accepted, 1,
+        "20 sequential requests should share one connection"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_closing_kept_alive_connections_costs_no_request() {
+    let pki = Pki::new();
+    let upstream = spawn_counting_upstream(0, true).await;
+    let proxy = proxy_to(&pki, &format!("http://{}", upstream.addr), "").await;
+    let client = pki.client(proxy.addr).build().unwrap();
+    for i in 0..30 {
+        let response = client.get(url(proxy.addr, "/")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "request {i}");
+        assert_eq!(response.text().await.unwrap(), "ok");
+    }
+    let accepted = upstream.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(accepted, 30, "each connection served one request");
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_upstream_connections_are_closed_after_90_seconds() {
+    let pki = Pki::new();
+    let mut upstream = spawn_counting_upstream(0, false).await;
+    let proxy = proxy_to(&pki, &format!("http://{}", upstream.addr), "").await;
+    let client = pki.client(proxy.addr).build().unwrap();
+    let response = client.get(url(proxy.addr, "/")).send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "ok");
+    // In use again after 60 s: the idle time starts over.
+    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    assert!(
+        upstream.closed.try_recv().is_err(),
+        "closed after 60 s idle"
+    );
+    // A new client: the proxy has closed the first one's idle connection by now.
+    let client = pki.client(proxy.addr).build().unwrap();
+    let response = client.get(url(proxy.addr, "/")).send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "ok");
+    let last_used = tokio::time::Instant::now();
+    tokio::time::timeout(std::time::Duration::from_secs(300), upstream.closed.recv())
+        .await
+        .expect("the idle connection was never closed");
+    let idle = last_used.elapsed();
+    assert!(
+        (90..=91).contains(&idle.as_secs()),
+        "closed after {idle:?} idle, not 90 s"
+    );
+    assert_eq!(
+        upstream.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_are_bounded() {
+    const CONCURRENT: usize = 300;
+    // sallyport keeps at most 256 idle connections per worker thread and upstream; this
+    // test's proxy runs on the test's one thread.
+    const KEPT: usize = 256;
+    let pki = Pki::new();
+    let mut upstream = spawn_counting_upstream(CONCURRENT, false).await;
+    let proxy = proxy_to(&pki, &format!("http://{}", upstream.addr), "").await;
+    // HTTP/1.1 so that each request has a client connection of its own.
+    let client = pki.client(proxy.addr).http1_only().build().unwrap();
+    let requests = (0..CONCURRENT).map(|_| {
+        let client = client.clone();
+        let target = url(proxy.addr, "/");
+        tokio::spawn(async move {
+            let response = client.get(target).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.text().await.unwrap()
+        })
+    });
+    for body in futures_util::future::join_all(requests).await {
+        assert_eq!(body.unwrap(), "ok");
+    }
+    let accepted = upstream.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(accepted, CONCURRENT, "all requests were in flight at once");
+    for closed in 0..CONCURRENT - KEPT {
+        tokio::time::timeout(std::time::Duration::from_secs(10), upstream.closed.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {closed} idle connections over the bound closed"));
+    }
+    assert!(
+        upstream.closed.try_recv().is_err(),
+        "more than the excess were closed"
+    );
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body from `stream`.
+async fn read_response<S: AsyncReadExt + Unpin>(stream: &mut S) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let length = text[..head_end]
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if seen.len() >= head_end + 4 + length {
+                return text;
+            }
+        }
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed mid-response: {text:?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_request_meeting_an_upstream_close_is_sent_again_on_a_new_connection() {
+    // The race this covers: the upstream closes an idle kept-alive connection just as
+    // the proxy picks it for a request. The request is still queued, not written, so it
+    // must go out on a new connection instead of failing. The client's request is written
+    // before the upstream's close, so the proxy sees the request first and the close
+    // only when the connection's task next runs.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (first_tx, mut first_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut served = 0;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            served += 1;
+            let mut buf = [0u8; 4096];
+            let mut request = Vec::new();
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+            }
+            let body = format!("connection {served}");
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(answer.as_bytes()).await.unwrap();
+            if served == 1 {
+                // Handed to the test, which closes it at the chosen moment.
+                first_tx.send(stream).unwrap();
+            } else {
+                tokio::spawn(async move {
+                    let _ = stream.read(&mut buf).await;
+                });
+            }
+        }
+    });
+    let pki = Pki::new();
+    let proxy = proxy_to(&pki, &format!("http://{upstream}"), "").await;
+    let mut tls = pki.raw_tls(proxy.addr).await;
+    let request = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    tls.write_all(request).await.unwrap();
+    assert!(read_response(&mut tls).await.ends_with("connection 1"));
+    let kept_alive = first_rx.recv().await.unwrap();
+
+    tls.write_all(request).await.unwrap();
+    tls.flush().await.unwrap();
+    drop(kept_alive);
+    let second = read_response(&mut tls).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert!(second.ends_with("connection 2"), "{second}");
+}

@@ -1,10 +1,10 @@
-//! Forwarding to upstreams: pooled hyper clients for `http://`, `https://` and
+//! Forwarding to upstreams: pooled HTTP/1.1 connections to `http://`, `https://` and
 //! `unix:` upstreams, the built-in echo upstream, streaming bodies both ways, and
 //! protocol upgrades (WebSocket) bridged byte for byte.
 
 mod echo;
 pub mod headers;
-mod unix;
+mod pool;
 
 use std::error::Error as StdError;
 use std::io;
@@ -12,21 +12,20 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::HOST;
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::CertificateDer;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::time::Instant;
 
 use crate::config::{Timeouts, UpstreamTarget};
 use crate::respond::Failure;
 use crate::server::activity::{Activity, ActivityIo};
 use headers::{ForwardedFacts, ManagedHeaders};
+use pool::{Dial, Pool};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 /// One body type for everything the proxy sends or relays.
@@ -42,50 +41,17 @@ pub fn empty_body() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
-/// A connection pool per thread that forwards requests. The server runs one
-/// single-threaded runtime per core; a pool shared between them would hand each request a
-/// connection whose task lives on another core, and every request would cross threads
-/// twice (callgrind and perf: the shared pool's lock and wakeups were the largest cost
-/// left after TLS and the kernel).
-pub struct PerThreadClient<C: Send> {
-    connector: C,
-    pools: thread_local::ThreadLocal<Client<C, ProxyBody>>,
-}
-
-impl<C> PerThreadClient<C>
-where
-    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
-{
-    fn new(connector: C) -> Self {
-        PerThreadClient {
-            connector,
-            pools: thread_local::ThreadLocal::new(),
-        }
-    }
-
-    /// This thread's pool.
-    fn get(&self) -> &Client<C, ProxyBody> {
-        self.pools.get_or(|| {
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .build(self.connector.clone())
-        })
-    }
-}
-
-type HttpClient = PerThreadClient<HttpsConnector<HttpConnector>>;
-type UnixClient = PerThreadClient<unix::UnixConnector>;
-
 pub enum Upstream {
     Http {
-        client: HttpClient,
+        pool: Pool,
         scheme: Scheme,
         authority: Authority,
+        /// `Host` for requests that arrive without one (HTTP/1.0): the upstream's.
+        default_host: HeaderValue,
         base_path: String,
     },
     Unix {
-        client: UnixClient,
+        pool: Pool,
         label: String,
         socket: std::path::PathBuf,
     },
@@ -148,10 +114,6 @@ pub(crate) fn tls_client_config(
             .add(ca.clone())
             .map_err(|e| format!("{setting}: unusable CA certificate: {e}"))?;
     }
-    tls_client_config_with(roots)
-}
-
-fn tls_client_config_with(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -207,9 +169,9 @@ impl Upstream {
         match target {
             UpstreamTarget::Echo => Ok(Upstream::Echo),
             UpstreamTarget::Unix { socket } => {
-                let client = PerThreadClient::new(unix::UnixConnector::new(socket.clone()));
+                let pool = Pool::new(Dial::Unix(socket.clone()), timeouts.upstream_connect);
                 Ok(Upstream::Unix {
-                    client,
+                    pool,
                     label: describe_upstream(target),
                     socket: socket.clone(),
                 })
@@ -220,28 +182,32 @@ impl Upstream {
                 base_path,
                 extra_roots,
             } => {
-                let tls = if *scheme == Scheme::HTTPS {
-                    tls_client_config(extra_roots, "upstream_ca")?
+                let https = *scheme == Scheme::HTTPS;
+                let host = authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string();
+                let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+                let tls = if https {
+                    let mut config = tls_client_config(extra_roots, "upstream_ca")?;
+                    // HTTP/1.1 only upstream: that is what every backend speaks, and it is
+                    // the only version over which a WebSocket upgrade can be relayed.
+                    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                    let name = ServerName::try_from(host.clone())
+                        .map_err(|e| format!("upstream {authority}: {e}"))?;
+                    Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
                 } else {
-                    // Never used for plain http://, but the connector wants one.
-                    tls_client_config_with(rustls::RootCertStore::empty())?
+                    None
                 };
-                let mut http = HttpConnector::new();
-                http.enforce_http(false);
-                http.set_nodelay(true);
-                http.set_connect_timeout(Some(timeouts.upstream_connect));
-                // HTTP/1.1 only upstream: that is what every backend speaks, and it is the
-                // only version over which a WebSocket upgrade can be relayed.
-                let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls)
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(http);
-                let client = PerThreadClient::new(connector);
+                let default_host = HeaderValue::from_str(authority.as_str())
+                    .map_err(|_| format!("upstream {authority}: not a valid Host value"))?;
+                let pool = Pool::new(Dial::Tcp { host, port, tls }, timeouts.upstream_connect);
                 Ok(Upstream::Http {
-                    client,
+                    pool,
                     scheme: scheme.clone(),
                     authority: authority.clone(),
+                    default_host,
                     base_path: base_path.clone(),
                 })
             }
@@ -305,33 +271,34 @@ pub async fn forward(
                 .map_err(|e| classify(&*e))
         }
         Upstream::Http {
-            client,
-            scheme,
-            authority,
+            pool,
+            default_host,
             base_path,
+            ..
         } => {
-            parts.uri = Uri::builder()
-                .scheme(scheme.clone())
-                .authority(authority.clone())
-                .path_and_query(format!("{base_path}{path_and_query}"))
-                .build()
+            // Origin-form: the upstream is reached directly, never through a proxy.
+            parts.uri = Uri::try_from(format!("{base_path}{path_and_query}"))
                 .map_err(|_| Failure::BadRequest("The request target is malformed."))?;
+            if !parts.headers.contains_key(HOST) {
+                parts.headers.insert(HOST, default_host.clone());
+            }
             send(
-                client,
+                pool,
                 Request::from_parts(parts, body),
                 settings.upstream_response,
             )
             .await
         }
-        Upstream::Unix { client, label, .. } => {
-            parts.uri = Uri::builder()
-                .scheme(Scheme::HTTP)
-                .authority("localhost")
-                .path_and_query(path_and_query)
-                .build()
+        Upstream::Unix { pool, label, .. } => {
+            parts.uri = Uri::try_from(path_and_query)
                 .map_err(|_| Failure::BadRequest("The request target is malformed."))?;
+            if !parts.headers.contains_key(HOST) {
+                parts
+                    .headers
+                    .insert(HOST, HeaderValue::from_static("localhost"));
+            }
             send(
-                client,
+                pool,
                 Request::from_parts(parts, body),
                 settings.upstream_response,
             )
@@ -378,22 +345,19 @@ pub async fn forward(
     })
 }
 
-async fn send<C>(
-    client: &PerThreadClient<C>,
+async fn send(
+    pool: &Pool,
     request: Request<ProxyBody>,
     deadline: Duration,
-) -> Result<Response<ProxyBody>, Failure>
-where
-    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
-{
-    match tokio::time::timeout(deadline, client.get().request(request)).await {
+) -> Result<Response<ProxyBody>, Failure> {
+    match tokio::time::timeout(deadline, pool.send(request)).await {
         Err(_) => Err(Failure::GatewayTimeout),
         Ok(Err(e)) => {
-            let failure = classify(&e);
+            let failure = classify(&*e);
             if matches!(failure, Failure::BadRequest(_)) {
-                tracing::debug!(error = %error_chain(&e), "the client's request body failed");
+                tracing::debug!(error = %error_chain(&*e), "the client's request body failed");
             } else {
-                tracing::warn!(error = %error_chain(&e), "upstream request failed");
+                tracing::warn!(error = %error_chain(&*e), "upstream request failed");
             }
             Err(failure)
         }

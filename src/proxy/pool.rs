@@ -1,0 +1,263 @@
+//! Upstream HTTP/1.1 connections, kept per worker thread and reused.
+//!
+//! Each upstream gets its own pool, and each worker thread its own stack of idle
+//! connections in it: a request takes the most recently used one that is ready and
+//! leaves it on the thread whose runtime drives it. hyper-util's general-purpose client
+//! did this job before; callgrind put it at an eighth of a proxied request's instructions
+//! (a pool map hashed by scheme and authority twice per request, a boxed future, a timer
+//! per checkout), all of which a single-origin, single-thread pool does not need.
+//!
+//! What it keeps from that client:
+//! - a request that was never sent because a pooled connection had just been closed by
+//!   the upstream is sent again on another connection (no request is sent twice);
+//! - a connection goes back to the pool only once it can take another request: at once
+//!   when the response was read whole, otherwise when its body has been relayed;
+//! - idle connections are closed after [`IDLE_TIMEOUT`], and at most
+//!   [`MAX_IDLE_PER_THREAD`] are kept per thread.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use thread_local::ThreadLocal;
+use tokio::net::{TcpStream, UnixStream};
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
+
+use super::{BoxError, ProxyBody};
+
+/// How long an unused upstream connection is kept (hyper-util's default, which this
+/// replaces; shorter than nginx's and most servers' own keep-alive limits would make
+/// little difference, longer would hold sockets an idle upstream may already have shut).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per worker thread and upstream; more are closed when returned.
+pub const MAX_IDLE_PER_THREAD: usize = 256;
+
+type UpstreamStream = Either<TcpStream, Either<TlsStream<TcpStream>, UnixStream>>;
+
+/// How to open a new connection to the upstream.
+pub enum Dial {
+    Tcp {
+        host: String,
+        port: u16,
+        tls: Option<(TlsConnector, ServerName<'static>)>,
+    },
+    Unix(PathBuf),
+}
+
+impl Dial {
+    async fn open(&self, connect_timeout: Duration) -> io::Result<UpstreamStream> {
+        match self {
+            Dial::Tcp { host, port, tls } => {
+                let tcp = tokio::time::timeout(
+                    connect_timeout,
+                    TcpStream::connect((host.as_str(), *port)),
+                )
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no TCP connection within {connect_timeout:?}"),
+                    )
+                })??;
+                tcp.set_nodelay(true)?;
+                match tls {
+                    None => Ok(Either::Left(tcp)),
+                    Some((connector, name)) => {
+                        let tls = connector.connect(name.clone(), tcp).await?;
+                        Ok(Either::Right(Either::Left(tls)))
+                    }
+                }
+            }
+            Dial::Unix(path) => {
+                let unix = UnixStream::connect(path).await?;
+                Ok(Either::Right(Either::Right(unix)))
+            }
+        }
+    }
+}
+
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    dial: Dial,
+    connect_timeout: Duration,
+    idle: ThreadLocal<RefCell<VecDeque<Idle>>>,
+    /// Origin of the times kept in [`IdleMark`]s.
+    epoch: Instant,
+}
+
+/// A connection that can take a request now.
+struct Idle {
+    sender: SendRequest<ProxyBody>,
+    mark: Arc<IdleMark>,
+    since: Instant,
+}
+
+/// When a connection last became idle, as the task driving it sees it, so that the task
+/// can close it once it has been idle for [`IDLE_TIMEOUT`] even if no request comes to
+/// notice. Milliseconds since the pool's epoch; `BUSY` while lent out.
+struct IdleMark(AtomicU64);
+
+const BUSY: u64 = u64::MAX;
+
+/// A connection lent to one request.
+struct Lease {
+    sender: SendRequest<ProxyBody>,
+    mark: Arc<IdleMark>,
+    reused: bool,
+}
+
+impl Pool {
+    pub fn new(dial: Dial, connect_timeout: Duration) -> Pool {
+        Pool {
+            shared: Arc::new(Shared {
+                dial,
+                connect_timeout,
+                idle: ThreadLocal::new(),
+                epoch: Instant::now(),
+            }),
+        }
+    }
+
+    /// Sends `request` (origin-form target, `Host` set) and returns the response head.
+    pub async fn send(
+        &self,
+        mut request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        loop {
+            let mut lease = match self.shared.checkout() {
+                Some(lease) => lease,
+                // Boxed: connecting (TCP, then maybe TLS) is a large future that requests
+                // on pooled connections need not carry.
+                None => Box::pin(self.shared.connect()).await?,
+            };
+            match lease.sender.try_send_request(request).await {
+                Ok(response) => {
+                    Shared::release(&self.shared, lease);
+                    return Ok(response);
+                }
+                Err(mut failed) => match failed.take_message() {
+                    // The upstream closed a pooled connection before the request went
+                    // out on it: nothing was sent, so sending it again is safe. A fresh
+                    // connection failing the same way is the upstream's answer.
+                    Some(unsent) if lease.reused => {
+                        tracing::debug!(error = %failed.error(), "pooled upstream connection was closed; retrying");
+                        request = unsent;
+                    }
+                    _ => return Err(failed.into_error().into()),
+                },
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn checkout(&self) -> Option<Lease> {
+        let mut idle = self.idle.get()?.try_borrow_mut().ok()?;
+        while let Some(entry) = idle.pop_back() {
+            // A connection that is not ready now is closing or closed: it only went in
+            // ready, and an idle one cannot become busy.
+            if entry.sender.is_ready() && entry.since.elapsed() < IDLE_TIMEOUT {
+                entry.mark.0.store(BUSY, Ordering::Relaxed);
+                return Some(Lease {
+                    sender: entry.sender,
+                    mark: entry.mark,
+                    reused: true,
+                });
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<Lease, BoxError> {
+        let stream = self.dial.open(self.connect_timeout).await?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
+        let mark = Arc::new(IdleMark(AtomicU64::new(BUSY)));
+        let watched = Arc::clone(&mark);
+        let epoch = self.epoch;
+        tokio::spawn(async move {
+            tokio::select! {
+                biased;
+                result = connection.with_upgrades() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "upstream connection ended with an error");
+                    }
+                }
+                () = idle_expiry(&watched, epoch) => {
+                    tracing::debug!("closing an idle upstream connection");
+                }
+            }
+        });
+        Ok(Lease {
+            sender,
+            mark,
+            reused: false,
+        })
+    }
+
+    /// Returns a connection whose response head has arrived: now, if the whole response
+    /// was already read; otherwise once its body has been relayed (until then the
+    /// connection cannot take another request). Upgraded connections never come back.
+    fn release(shared: &Arc<Shared>, mut lease: Lease) {
+        if lease.sender.is_ready() {
+            shared.put(lease);
+        } else if !lease.sender.is_closed() {
+            let shared = Arc::clone(shared);
+            tokio::spawn(async move {
+                if lease.sender.ready().await.is_ok() {
+                    shared.put(lease);
+                }
+            });
+        }
+    }
+
+    fn put(&self, lease: Lease) {
+        let Ok(mut idle) = self.idle.get_or_default().try_borrow_mut() else {
+            return;
+        };
+        if idle.len() >= MAX_IDLE_PER_THREAD {
+            idle.pop_front();
+        }
+        let now = Instant::now();
+        let millis = u64::try_from(now.duration_since(self.epoch).as_millis()).unwrap_or(BUSY - 1);
+        lease.mark.0.store(millis, Ordering::Relaxed);
+        idle.push_back(Idle {
+            sender: lease.sender,
+            mark: lease.mark,
+            since: now,
+        });
+    }
+}
+
+/// Resolves once the connection has sat idle for [`IDLE_TIMEOUT`]; wakes about once per
+/// timeout, not per request.
+async fn idle_expiry(mark: &IdleMark, epoch: Instant) {
+    loop {
+        let since = mark.0.load(Ordering::Relaxed);
+        if since == BUSY {
+            tokio::time::sleep(IDLE_TIMEOUT).await;
+            continue;
+        }
+        let expires = epoch + Duration::from_millis(since) + IDLE_TIMEOUT;
+        if Instant::now() >= expires {
+            return;
+        }
+        tokio::time::sleep_until(expires).await;
+    }
+}
