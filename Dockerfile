@@ -19,21 +19,21 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && cargo build --release --locked \
+    && cargo build --profile dist --locked \
     && rm -rf src
 
 # COPY keeps the files' modification times, which can be older than the stub build:
 # touch them so cargo rebuilds the crate itself instead of shipping the stub.
 COPY src ./src
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked \
-    && ./target/release/sallyport --version
+    && cargo build --profile dist --locked \
+    && ./target/dist/sallyport --version
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 LABEL org.opencontainers.image.title="sallyport" \
       org.opencontainers.image.description="An authenticating reverse proxy: TLS, htpasswd Basic, JWT Bearer and OIDC in front of any HTTP service" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=builder /build/target/release/sallyport /usr/local/bin/sallyport
+COPY --from=builder /build/target/dist/sallyport /usr/local/bin/sallyport
 ENV SALLYPORT_CONFIG=/etc/sallyport/sallyport.toml
 # Numeric, so Kubernetes' runAsNonRoot can verify it (it cannot resolve "nonroot").
 USER 65532:65532
