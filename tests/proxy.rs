@@ -1006,3 +1006,73 @@ async fn a_request_meeting_an_upstream_close_is_sent_again_on_a_new_connection()
     assert!(second.starts_with("HTTP/1.1 200"), "{second}");
     assert!(second.ends_with("connection 2"), "{second}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_closed_under_a_get_is_retried_and_under_a_post_is_not() {
+    // Each upstream connection answers one request, then closes when the next arrives
+    // without answering it: an upstream whose keep-alive timeout fires just as the proxy
+    // reuses the connection, with the request already on the wire.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        let mut accepted = 0;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            accepted += 1;
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                for answered in [true, false] {
+                    let mut request = Vec::new();
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&request);
+                    let line = line.lines().next().unwrap_or_default().to_string();
+                    log.lock().unwrap().push(format!("{accepted} {line}"));
+                    if !answered {
+                        return;
+                    }
+                    let body = format!("connection {accepted}");
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    stream.write_all(answer.as_bytes()).await.unwrap();
+                }
+            });
+        }
+    });
+    let pki = Pki::new();
+    let proxy = proxy_to(&pki, &format!("http://{upstream}"), "").await;
+    let client = pki.client(proxy.addr).build().unwrap();
+    let get = || client.get(url(proxy.addr, "/a")).send();
+
+    assert_eq!(get().await.unwrap().text().await.unwrap(), "connection 1");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let retried = get().await.unwrap();
+    assert_eq!(retried.status(), 200);
+    assert_eq!(retried.text().await.unwrap(), "connection 2");
+
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let post = client
+        .post(url(proxy.addr, "/a"))
+        .body("not idempotent")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 502, "a POST must not be sent twice");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "1 GET /a HTTP/1.1",
+            "1 GET /a HTTP/1.1",
+            "2 GET /a HTTP/1.1",
+            "2 POST /a HTTP/1.1",
+        ]
+    );
+}
