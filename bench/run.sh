@@ -9,7 +9,7 @@
 #   BENCH_DURATION=10          seconds of wrk per row and round
 #   BENCH_CONNECTIONS=64       wrk connections (fixed for every row)
 #   BENCH_THREADS=2            wrk threads
-#   BENCH_ROUNDS=3             rounds; every row once per round, in rotated order; medians reported
+#   BENCH_ROUNDS=5             rounds; every row once per round, in rotated order; medians reported
 #   BENCH_WARMUP=1             seconds of wrk warm-up before each measurement (not row 3)
 #   BENCH_ROW3_DURATION        seconds of wrk for row 3 (nginx auth_basic); default max(20, BENCH_DURATION)
 #   BENCH_TIMEOUT=10           wrk --timeout, seconds (row 3 answers in seconds)
@@ -29,7 +29,7 @@ repo=$(cd "$here/.." && pwd)
 DURATION=${BENCH_DURATION:-10}
 CONNECTIONS=${BENCH_CONNECTIONS:-64}
 THREADS=${BENCH_THREADS:-2}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
 WARMUP=${BENCH_WARMUP:-1}
 WRK_TIMEOUT=${BENCH_TIMEOUT:-10}
 IDLE=${BENCH_IDLE_CONNECTIONS:-10000}
