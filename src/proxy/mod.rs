@@ -53,7 +53,6 @@ pub enum Upstream {
     Unix {
         pool: Pool,
         label: String,
-        socket: std::path::PathBuf,
     },
     Echo,
 }
@@ -129,24 +128,9 @@ impl Upstream {
         let connect = async {
             match self {
                 Upstream::Echo => Ok(()),
-                Upstream::Http {
-                    scheme, authority, ..
-                } => {
-                    let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
-                    let port = authority.port_u16().unwrap_or(default_port);
-                    let host = authority
-                        .host()
-                        .trim_start_matches('[')
-                        .trim_end_matches(']');
-                    tokio::net::TcpStream::connect((host, port))
-                        .await
-                        .map(drop)
-                        .map_err(|e| e.to_string())
+                Upstream::Http { pool, .. } | Upstream::Unix { pool, .. } => {
+                    pool.probe().await.map_err(|e| e.to_string())
                 }
-                Upstream::Unix { socket, .. } => tokio::net::UnixStream::connect(socket)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
             }
         };
         tokio::time::timeout(timeout, connect)
@@ -173,7 +157,6 @@ impl Upstream {
                 Ok(Upstream::Unix {
                     pool,
                     label: describe_upstream(target),
-                    socket: socket.clone(),
                 })
             }
             UpstreamTarget::Http {

@@ -68,6 +68,16 @@ pub enum Dial {
 }
 
 impl Dial {
+    /// A TCP or Unix connect, nothing sent (no TLS either).
+    async fn probe(&self) -> io::Result<()> {
+        match self {
+            Dial::Tcp { host, port, .. } => {
+                TcpStream::connect((host.as_str(), *port)).await.map(drop)
+            }
+            Dial::Unix(path) => UnixStream::connect(path).await.map(drop),
+        }
+    }
+
     async fn open(&self, connect_timeout: Duration) -> io::Result<UpstreamStream> {
         match self {
             Dial::Tcp { host, port, tls } => {
@@ -143,6 +153,11 @@ impl Pool {
                 epoch: Instant::now(),
             }),
         }
+    }
+
+    /// Whether the upstream accepts a connection now (for `/readyz`).
+    pub async fn probe(&self) -> io::Result<()> {
+        self.shared.dial.probe().await
     }
 
     /// Sends `request` (origin-form target, `Host` set) and returns the response head.
