@@ -153,7 +153,7 @@ impl Upstream {
         match target {
             UpstreamTarget::Echo => Ok(Upstream::Echo),
             UpstreamTarget::Unix { socket } => {
-                let pool = Pool::new(Dial::Unix(socket.clone()), timeouts.upstream_connect);
+                let pool = Pool::new(Dial::Unix(socket.clone()));
                 Ok(Upstream::Unix {
                     pool,
                     label: describe_upstream(target),
@@ -172,20 +172,28 @@ impl Upstream {
                     .trim_end_matches(']')
                     .to_string();
                 let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+                // HTTP/1.1 only upstream: that is what every backend speaks, and the only
+                // version over which a WebSocket upgrade can be relayed. No ALPN is
+                // offered, as before: a server that lists only h2 would refuse the
+                // handshake over it.
                 let tls = if https {
-                    let mut config = tls_client_config(extra_roots, "upstream_ca")?;
-                    // HTTP/1.1 only upstream: that is what every backend speaks, and it is
-                    // the only version over which a WebSocket upgrade can be relayed.
-                    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                    let config = tls_client_config(extra_roots, "upstream_ca")?;
                     let name = ServerName::try_from(host.clone())
                         .map_err(|e| format!("upstream {authority}: {e}"))?;
                     Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
                 } else {
                     None
                 };
-                let default_host = HeaderValue::from_str(authority.as_str())
+                // As clients write it: no port when it is the scheme's default.
+                let default_port = authority.port_u16() == Some(if https { 443 } else { 80 });
+                let host_value = if default_port {
+                    authority.host()
+                } else {
+                    authority.as_str()
+                };
+                let default_host = HeaderValue::from_str(host_value)
                     .map_err(|_| format!("upstream {authority}: not a valid Host value"))?;
-                let pool = Pool::new(Dial::Tcp { host, port, tls }, timeouts.upstream_connect);
+                let pool = Pool::new(Dial::tcp(&host, port, tls, timeouts.upstream_connect)?);
                 Ok(Upstream::Http {
                     pool,
                     scheme: scheme.clone(),

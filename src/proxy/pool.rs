@@ -29,10 +29,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, Uri};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use thread_local::ThreadLocal;
@@ -41,6 +42,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
+use tower_service::Service as _;
 
 use super::{BoxError, ProxyBody};
 
@@ -60,39 +62,53 @@ type UpstreamStream = Either<TcpStream, Either<TlsStream<TcpStream>, UnixStream>
 /// How to open a new connection to the upstream.
 pub enum Dial {
     Tcp {
-        host: String,
-        port: u16,
+        /// hyper-util's TCP connector, for what it does well: DNS off the runtime, each
+        /// resolved address tried with a share of `upstream_connect`, IPv4 tried 300 ms
+        /// after an IPv6 address that does not answer.
+        tcp: HttpConnector,
+        /// `http://host:port`: what `tcp` dials (TLS, if any, is added here).
+        address: Uri,
         tls: Option<(TlsConnector, ServerName<'static>)>,
     },
     Unix(PathBuf),
 }
 
 impl Dial {
+    pub fn tcp(
+        host: &str,
+        port: u16,
+        tls: Option<(TlsConnector, ServerName<'static>)>,
+        connect_timeout: Duration,
+    ) -> Result<Dial, String> {
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(connect_timeout));
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        let address = Uri::try_from(format!("http://{host}:{port}"))
+            .map_err(|e| format!("upstream {host}:{port}: {e}"))?;
+        Ok(Dial::Tcp { tcp, address, tls })
+    }
+
+    async fn connect_tcp(tcp: &HttpConnector, address: &Uri) -> Result<TcpStream, BoxError> {
+        Ok(tcp.clone().call(address.clone()).await?.into_inner())
+    }
+
     /// A TCP or Unix connect, nothing sent (no TLS either).
-    async fn probe(&self) -> io::Result<()> {
+    async fn probe(&self) -> Result<(), BoxError> {
         match self {
-            Dial::Tcp { host, port, .. } => {
-                TcpStream::connect((host.as_str(), *port)).await.map(drop)
-            }
-            Dial::Unix(path) => UnixStream::connect(path).await.map(drop),
+            Dial::Tcp { tcp, address, .. } => Dial::connect_tcp(tcp, address).await.map(drop),
+            Dial::Unix(path) => Ok(UnixStream::connect(path).await.map(drop)?),
         }
     }
 
-    async fn open(&self, connect_timeout: Duration) -> io::Result<UpstreamStream> {
+    async fn open(&self) -> Result<UpstreamStream, BoxError> {
         match self {
-            Dial::Tcp { host, port, tls } => {
-                let tcp = tokio::time::timeout(
-                    connect_timeout,
-                    TcpStream::connect((host.as_str(), *port)),
-                )
-                .await
-                .map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no TCP connection within {connect_timeout:?}"),
-                    )
-                })??;
-                tcp.set_nodelay(true)?;
+            Dial::Tcp { tcp, address, tls } => {
+                let tcp = Dial::connect_tcp(tcp, address).await?;
                 match tls {
                     None => Ok(Either::Left(tcp)),
                     Some((connector, name)) => {
@@ -115,7 +131,6 @@ pub struct Pool {
 
 struct Shared {
     dial: Dial,
-    connect_timeout: Duration,
     idle: ThreadLocal<RefCell<VecDeque<Idle>>>,
     /// Origin of the times kept in [`IdleMark`]s.
     epoch: Instant,
@@ -144,11 +159,10 @@ struct Lease {
 }
 
 impl Pool {
-    pub fn new(dial: Dial, connect_timeout: Duration) -> Pool {
+    pub fn new(dial: Dial) -> Pool {
         Pool {
             shared: Arc::new(Shared {
                 dial,
-                connect_timeout,
                 idle: ThreadLocal::new(),
                 epoch: Instant::now(),
             }),
@@ -156,7 +170,7 @@ impl Pool {
     }
 
     /// Whether the upstream accepts a connection now (for `/readyz`).
-    pub async fn probe(&self) -> io::Result<()> {
+    pub async fn probe(&self) -> Result<(), BoxError> {
         self.shared.dial.probe().await
     }
 
@@ -227,7 +241,7 @@ impl Shared {
     }
 
     async fn connect(&self) -> Result<Lease, BoxError> {
-        let stream = self.dial.open(self.connect_timeout).await?;
+        let stream = self.dial.open().await?;
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
@@ -274,6 +288,13 @@ impl Shared {
         let Ok(mut idle) = self.idle.get_or_default().try_borrow_mut() else {
             return;
         };
+        // The oldest first: expired, or closed by the upstream (whose entries would
+        // otherwise hold their request channel until a burst pushes them out).
+        while idle.front().is_some_and(|oldest| {
+            oldest.since.elapsed() >= IDLE_TIMEOUT || !oldest.sender.is_ready()
+        }) {
+            idle.pop_front();
+        }
         if idle.len() >= MAX_IDLE_PER_THREAD {
             idle.pop_front();
         }
@@ -316,11 +337,13 @@ fn closed_before_answering(error: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(error);
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<io::Error>() {
+            // UnexpectedEof: rustls, for a TLS upstream that closed without close_notify.
             return matches!(
                 io.kind(),
                 io::ErrorKind::ConnectionReset
                     | io::ErrorKind::ConnectionAborted
                     | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
             );
         }
         source = e.source();
