@@ -288,17 +288,17 @@ impl Shared {
         let Ok(mut idle) = self.idle.get_or_default().try_borrow_mut() else {
             return;
         };
+        let now = Instant::now();
         // The oldest first: expired, or closed by the upstream (whose entries would
         // otherwise hold their request channel until a burst pushes them out).
         while idle.front().is_some_and(|oldest| {
-            oldest.since.elapsed() >= IDLE_TIMEOUT || !oldest.sender.is_ready()
+            now.saturating_duration_since(oldest.since) >= IDLE_TIMEOUT || !oldest.sender.is_ready()
         }) {
             idle.pop_front();
         }
         if idle.len() >= MAX_IDLE_PER_THREAD {
             idle.pop_front();
         }
-        let now = Instant::now();
         let millis = u64::try_from(now.duration_since(self.epoch).as_millis()).unwrap_or(BUSY - 1);
         lease.mark.0.store(millis, Ordering::Relaxed);
         idle.push_back(Idle {
