@@ -18,9 +18,11 @@ use crate::auth::Authenticated;
 use crate::config::IdentityHeaders;
 
 /// Headers that describe one connection, never the message (RFC 9110 7.6.1), plus the
-/// legacy ones proxies have always treated the same way.
-const HOP_BY_HOP: [HeaderName; 10] = [
+/// legacy ones proxies have always treated the same way, and `Close`, a name reserved so
+/// that no field is mistaken for the connection option (RFC 9110 16.3.2.2).
+const HOP_BY_HOP: [HeaderName; 11] = [
     CONNECTION,
+    HeaderName::from_static("close"),
     HeaderName::from_static("http2-settings"),
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -145,7 +147,12 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+        .map(str::trim)
+        // The usual tokens: `close` names no field and `keep-alive` one removed anyway.
+        // Skipping them keeps the common response allocation-free (a `keep-alive` name
+        // is not one `http` knows, so parsing it would copy it).
+        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|t| HeaderName::try_from(t).ok())
         .collect()
 }
 
@@ -417,8 +424,11 @@ mod tests {
             CONNECTION,
             HeaderValue::from_static("keep-alive, X-Secret, x-forwarded-user"),
         );
+        h.append(CONNECTION, HeaderValue::from_static("Close"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        // The reserved `Close` field goes too, named or not.
+        h.insert("close", HeaderValue::from_static("1"));
         h.insert("te", HeaderValue::from_static("gzip"));
         h.insert("x-other", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h, false);

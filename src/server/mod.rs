@@ -401,9 +401,10 @@ async fn serve_http<IO>(
         })
     };
 
-    // Only a backstop: `Activity::head_overdue` enforces header_read from the first byte of
-    // a head, and `idle` governs the wait between keep-alive requests.
-    let head_backstop = timeouts.header_read.max(timeouts.idle);
+    // hyper's own header timer stays off: `Activity::head_overdue` enforces header_read
+    // from the first byte of a head and `idle` the wait between keep-alive requests, while
+    // hyper's would allocate and register a timer for every request (about 1% of a
+    // request's instructions, bench/).
     let read_buffer = limits.max_header_bytes.max(8192);
     let header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
     const MAX_STREAMS: u32 = 250;
@@ -420,8 +421,7 @@ async fn serve_http<IO>(
         Protocol::Http1 => {
             let mut http1 = hyper::server::conn::http1::Builder::new();
             http1
-                .timer(TokioTimer::new())
-                .header_read_timeout(head_backstop)
+                .header_read_timeout(None)
                 .max_buf_size(read_buffer)
                 .keep_alive(true);
             let connection = http1.serve_connection(io, service).with_upgrades();
@@ -445,8 +445,7 @@ async fn serve_http<IO>(
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(head_backstop)
+                .header_read_timeout(None)
                 .max_buf_size(read_buffer)
                 .keep_alive(true);
             builder
