@@ -66,6 +66,45 @@ async fn silent_upstream_is_a_504_after_upstream_response() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_https_upstream_silent_in_the_handshake_is_a_504_after_upstream_connect() {
+    let pki = Pki::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accepts and reads the ClientHello, never answers it.
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            held.push(stream);
+        }
+    });
+    let config = format!(
+        "{}{}[[route]]\npath = \"/\"\nupstream = \"https://127.0.0.1:{port}\"\nupstream_ca = {:?}\nauth = \"public\"\n",
+        server_section("[server.timeouts]\nupstream_connect = \"3s\"\nupstream_response = \"60s\""),
+        pki.tls_section(),
+        pki.ca_path(),
+    );
+    let proxy = Proxy::start(pki.dir.path(), &config).await;
+    let client = pki.client(proxy.addr).build().unwrap();
+    let started = Instant::now();
+    let response = client
+        .get(url(proxy.addr, "/"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(response.status(), 504);
+    assert!(
+        (Duration::from_secs(3)..Duration::from_secs(60)).contains(&waited),
+        "answered after {waited:?}: not bounded by upstream_connect (3 s)"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "gateway_timeout");
+}
+
+#[tokio::test(start_paused = true)]
 async fn slow_request_headers_are_cut_at_header_read() {
     let pki = Pki::new();
     let proxy = proxy_with(

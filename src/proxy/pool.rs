@@ -69,6 +69,10 @@ pub enum Dial {
         /// `http://host:port`: what `tcp` dials (TLS, if any, is added here).
         address: Uri,
         tls: Option<(TlsConnector, ServerName<'static>)>,
+        /// `upstream_connect`, which also bounds the TLS handshake, as nginx's
+        /// `proxy_connect_timeout` does: an upstream that accepts and never answers the
+        /// handshake is a connect failure, not a slow response.
+        connect_timeout: Duration,
     },
     Unix(PathBuf),
 }
@@ -90,7 +94,12 @@ impl Dial {
         };
         let address = Uri::try_from(format!("http://{host}:{port}"))
             .map_err(|e| format!("upstream {host}:{port}: {e}"))?;
-        Ok(Dial::Tcp { tcp, address, tls })
+        Ok(Dial::Tcp {
+            tcp,
+            address,
+            tls,
+            connect_timeout,
+        })
     }
 
     async fn connect_tcp(tcp: &HttpConnector, address: &Uri) -> Result<TcpStream, BoxError> {
@@ -107,12 +116,25 @@ impl Dial {
 
     async fn open(&self) -> Result<UpstreamStream, BoxError> {
         match self {
-            Dial::Tcp { tcp, address, tls } => {
+            Dial::Tcp {
+                tcp,
+                address,
+                tls,
+                connect_timeout,
+            } => {
                 let tcp = Dial::connect_tcp(tcp, address).await?;
                 match tls {
                     None => Ok(Either::Left(tcp)),
                     Some((connector, name)) => {
-                        let tls = connector.connect(name.clone(), tcp).await?;
+                        let handshake = connector.connect(name.clone(), tcp);
+                        let tls = tokio::time::timeout(*connect_timeout, handshake)
+                            .await
+                            .map_err(|_| {
+                                io::Error::new(
+                                    io::ErrorKind::TimedOut,
+                                    "TLS handshake with the upstream timed out",
+                                )
+                            })??;
                         Ok(Either::Right(Either::Left(tls)))
                     }
                 }
