@@ -43,11 +43,13 @@ pub struct Snapshot {
     log_level: String,
 }
 
-/// What only a restart can change: the sockets, the connection cap and the logger.
+/// What only a restart can change: the sockets, the serving threads, the connection cap
+/// and the logger.
 #[derive(Debug, Clone, PartialEq)]
 struct Bound {
     listen: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
+    workers: Option<usize>,
     max_connections: usize,
     log_format: LogFormat,
 }
@@ -57,6 +59,7 @@ impl Bound {
         Bound {
             listen: config.server.listen.clone(),
             admin: config.admin.as_ref().map(|a| a.listen),
+            workers: config.server.workers,
             max_connections: config.server.limits.max_connections,
             log_format: config.log.format,
         }
@@ -70,6 +73,9 @@ impl Bound {
         }
         if self.admin != new.admin {
             keys.push("admin.listen");
+        }
+        if self.workers != new.workers {
+            keys.push("server.workers");
         }
         if self.max_connections != new.max_connections {
             keys.push("server.limits.max_connections");

@@ -482,6 +482,57 @@ fn sigterm_drains_and_exits_zero() {
 }
 
 #[test]
+fn workers_sets_how_many_threads_serve_connections() {
+    let (mut child, mut stderr, _dir) = spawn_proxy(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 3\n\n[[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\nauth = \"public\"\n",
+    );
+    let mut announced = None;
+    let mut line = String::new();
+    for _ in 0..50 {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if line.contains("serving connections on worker threads") {
+            announced = Some(line.clone());
+            break;
+        }
+    }
+    // The threads as the kernel lists them (it cuts names at 15 bytes). Each thread names
+    // itself once it runs, which may be a moment after the line.
+    let serving = || {
+        std::fs::read_dir(format!("/proc/{}/task", child.id()))
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).ok())
+            .filter(|name| name.starts_with("sallyport-work"))
+            .count()
+    };
+    let mut seen = serving();
+    for _ in 0..100 {
+        if seen >= 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        seen = serving();
+    }
+    let serving = seen;
+    let _ = child.kill();
+    let _ = child.wait();
+    let announced = announced.expect("no line announcing the worker threads");
+    assert!(announced.contains("threads=3"), "{announced}");
+    assert_eq!(serving, 3, "worker threads running");
+
+    let (code, _, stderr, _dir) = check(
+        "[server]\nworkers = 0\n\n[[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\nauth = \"public\"\n",
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("bad.toml:2: server.workers: must be between 1 and 1024"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_bad_htpasswd_line_is_named_with_the_config_key() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

@@ -185,6 +185,9 @@ pub struct BasicConfig {
     pub users: Arc<UserDb>,
 }
 
+/// More serving threads than this is a typo, not a machine.
+const MAX_WORKERS: u64 = 1024;
+
 #[derive(Debug)]
 pub struct Server {
     pub listen: Vec<SocketAddr>,
@@ -192,6 +195,8 @@ pub struct Server {
     /// Scheme and authority used to build absolute redirects; never taken from `Host`.
     pub public_url: Option<Uri>,
     pub shutdown_grace: Duration,
+    /// Threads serving connections; `None`: one per CPU the process may use.
+    pub workers: Option<usize>,
     pub tls: Option<Tls>,
     pub timeouts: Timeouts,
     pub limits: Limits,
@@ -404,6 +409,7 @@ impl Validator<'_> {
                 trusted_proxies: Vec::new(),
                 public_url: None,
                 shutdown_grace: None,
+                workers: None,
                 tls: None,
                 timeouts: RawTimeouts::default(),
                 limits: RawLimits::default(),
@@ -1331,6 +1337,18 @@ impl Validator<'_> {
             "server.shutdown_grace",
             Duration::from_secs(30),
         );
+        let workers = match raw.workers {
+            None => None,
+            Some(v) if !(1..=MAX_WORKERS).contains(v.get_ref()) => {
+                self.fail(
+                    span_of(&v),
+                    "server.workers",
+                    format!("must be between 1 and {MAX_WORKERS}"),
+                );
+                None
+            }
+            Some(v) => usize::try_from(*v.get_ref()).ok(),
+        };
         let tls = raw.tls.and_then(|t| self.tls(t));
         let t = raw.timeouts;
         let timeouts = Timeouts {
@@ -1362,6 +1380,7 @@ impl Validator<'_> {
             trusted_proxies,
             public_url,
             shutdown_grace,
+            workers,
             tls,
             timeouts,
             limits,

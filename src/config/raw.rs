@@ -37,6 +37,7 @@ pub struct RawServer {
     pub trusted_proxies: Vec<Spanned<String>>,
     pub public_url: Option<Spanned<String>>,
     pub shutdown_grace: Option<Spanned<String>>,
+    pub workers: Option<Spanned<u64>>,
     pub tls: Option<Spanned<RawTls>>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
