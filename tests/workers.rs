@@ -232,3 +232,58 @@ async fn connections_still_open_when_the_grace_is_over_are_cut() {
         "the connection was cut, not answered: {outcome:?}"
     );
 }
+
+/// The nice value of each of this process's threads whose name starts with `prefix`.
+#[cfg(target_os = "linux")]
+fn nice_of_threads(prefix: &str) -> Vec<i64> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?;
+            if !name.starts_with(prefix) {
+                return None;
+            }
+            // Field 19 of stat; the name (field 2) sits in parentheses and may hold spaces.
+            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+            let after_name = &stat[stat.rfind(')')? + 2..];
+            after_name.split(' ').nth(16)?.parse().ok()
+        })
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_hashing_runs_below_the_serving_threads_priority() {
+    let pki = Pki::new();
+    let upstream = spawn_inspecting_upstream().await;
+    let proxy = Proxy::start_on_workers(
+        pki.dir.path(),
+        &config(&pki, &format!("http://{upstream}"), ""),
+        2,
+    )
+    .await;
+    // Not cached yet: this request's bcrypt runs on a worker's blocking thread.
+    let response = pki
+        .client(proxy.addr)
+        .build()
+        .unwrap()
+        .get(url(proxy.addr, "/app"))
+        .basic_auth("alice", Some("alice-pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let serving = nice_of_threads("sallyport-worke");
+    let hashing = nice_of_threads("sallyport-block");
+    assert!(!serving.is_empty(), "no worker threads found");
+    assert!(!hashing.is_empty(), "no blocking thread found after a hash");
+    let base = *serving.iter().max().unwrap();
+    for nice in hashing {
+        assert!(
+            nice >= (base + 10).min(19),
+            "a blocking thread runs at nice {nice}, the serving threads at {base}"
+        );
+    }
+}

@@ -48,6 +48,8 @@ impl Workers {
             .map(|_| {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
+                    .thread_name("sallyport-blocking")
+                    .on_thread_start(lower_priority)
                     .build()
             })
             .collect::<std::io::Result<Vec<_>>>()?;
@@ -151,6 +153,28 @@ impl Workers {
             }
         })
         .await;
+    }
+}
+
+/// How much lower than serving the blocking threads of a worker's runtime run: nice +10,
+/// a scheduler weight of 110 against 1024.
+///
+/// Blocking work there is, in practice, password hashing (now and then a DNS lookup for
+/// a new upstream connection). A flood of wrong passwords costs one bcrypt or argon2 run
+/// per guess; at equal priority those runs took a core from the event loops and
+/// legitimate requests, which need no hash once their credentials are cached, waited
+/// behind them (bench/, row 8). At lower priority the hashing still gets every idle
+/// cycle, but yields a busy core to the requests.
+#[cfg(target_os = "linux")]
+const BLOCKING_NICE: i32 = 10;
+
+/// Runs on each blocking thread as it starts. Linux keeps a nice value per thread, so
+/// this leaves the serving threads alone. Failing to lower it (a seccomp filter, say)
+/// costs only the preference.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::nice(BLOCKING_NICE) {
+        tracing::debug!(error = %e, "cannot lower the priority of a blocking thread");
     }
 }
 
