@@ -410,7 +410,8 @@ fn run(path: &Path) -> ExitCode {
     };
     sallyport::logging::init(&config.log);
     // The control plane: signals, accepting, the admin endpoints, reloads and background
-    // refreshes. Connections are served on worker threads of their own, one per core.
+    // refreshes. Connections are served on worker threads of their own (`server.workers`,
+    // by default one per CPU).
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
