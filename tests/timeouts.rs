@@ -321,3 +321,92 @@ async fn websocket_relays_count_against_max_connections_and_idle_out() {
         String::from_utf8_lossy(&answer)
     );
 }
+
+const SLOW_CHUNK: usize = 16 * 1024;
+const SLOW_CHUNKS: usize = 16;
+
+/// An upstream whose answer streams for 8 s: 16 chunks of 16 KiB, one every 500 ms.
+async fn spawn_slow_download_upstream() -> std::net::SocketAddr {
+    use http_body_util::{BodyExt, StreamBody};
+    spawn_upstream(|_req: hyper::Request<hyper::body::Incoming>| async move {
+        let chunks = futures_util::stream::unfold(0, |sent| async move {
+            if sent == SLOW_CHUNKS {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let chunk = hyper::body::Frame::data(bytes::Bytes::from(vec![b'x'; SLOW_CHUNK]));
+            Some((
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(chunk),
+                sent + 1,
+            ))
+        });
+        hyper::Response::new(StreamBody::new(chunks).boxed_unsync())
+    })
+    .await
+}
+
+/// Plain HTTP, so the protocol is detected from the first bytes; `header_read` 2 s.
+async fn plain_proxy_to(upstream: std::net::SocketAddr) -> (Proxy, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}{}",
+        server_section("[server.timeouts]\nheader_read = \"2s\""),
+        public_route("/", &format!("http://{upstream}"))
+    );
+    (Proxy::start(dir.path(), &config).await, dir)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_h2c_download_outlasting_header_read_is_not_cut() {
+    let upstream = spawn_slow_download_upstream().await;
+    let (proxy, _dir) = plain_proxy_to(upstream).await;
+    // Small windows: the client acknowledges the data as it reads it (WINDOW_UPDATE
+    // frames), so the proxy reads from the client while the response streams.
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .http2_initial_stream_window_size(65_535)
+        .http2_initial_connection_window_size(65_535)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let response = client
+        .get(format!("http://{}/", proxy.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    let body = response.bytes().await.expect("the download was cut");
+    assert_eq!(body.len(), SLOW_CHUNK * SLOW_CHUNKS);
+    assert!(started.elapsed() >= Duration::from_secs(8));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_pipelined_during_a_long_download_does_not_cut_it() {
+    let upstream = spawn_slow_download_upstream().await;
+    let (proxy, _dir) = plain_proxy_to(upstream).await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(b"GET /first HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buf = [0u8; 1024];
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the response head");
+        head.extend_from_slice(&buf[..n]);
+    }
+    // The next request, while the first response is still streaming.
+    tcp.write_all(b"GET /second HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    head.extend(read_until_closed(&mut tcp).await);
+    let text = String::from_utf8_lossy(&head);
+    assert_eq!(
+        text.matches("HTTP/1.1 200 OK").count(),
+        2,
+        "both responses, whole: {} bytes read",
+        head.len()
+    );
+    // Both bodies (the heads add a few more x's: `x-request-id`).
+    assert!(head.iter().filter(|&&b| b == b'x').count() >= 2 * SLOW_CHUNK * SLOW_CHUNKS);
+}

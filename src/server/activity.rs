@@ -1,16 +1,18 @@
-//! Idle detection for one connection. hyper bounds the time to read request headers but
-//! has no notion of a connection that sits silent between requests (or an HTTP/2
-//! connection with no streams), so the IO is wrapped to record when bytes last moved, and
-//! a connection is idle once nothing moved for the configured time and no request is
-//! waiting for its response.
+//! Deadlines for one connection, from the bytes it moves: a connection is idle once nothing
+//! moved for the configured time and no request is waiting for its response, and an
+//! HTTP/1 request head must be complete within `header_read` of its first byte. hyper has
+//! no notion of the first (its own header timer, left off, also runs while a keep-alive
+//! connection waits for its next request), so the IO is wrapped to record when bytes
+//! last moved and when a head began.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
@@ -22,13 +24,24 @@ pub struct Activity {
 struct Inner {
     origin: Instant,
     last_millis: AtomicU64,
+    /// Requests waiting for their response head.
     in_flight: AtomicUsize,
+    /// Requests whose response body is not finished yet. Bytes the client sends meanwhile
+    /// (the next request, pipelined) do not start a head's clock.
+    open_exchanges: AtomicUsize,
     /// When the first byte of a request head arrived on an otherwise quiet connection
     /// ([`NO_HEAD`] when none is arriving).
     head_started_millis: AtomicU64,
+    /// The client spoke HTTP/2, whose frames (PING, WINDOW_UPDATE, SETTINGS) arrive
+    /// between and during requests and are no request head: `header_read` does not apply.
+    http2: AtomicBool,
 }
 
 const NO_HEAD: u64 = u64::MAX;
+
+/// What an HTTP/2 client sends first (RFC 9113 3.4); hyper-util's protocol detection
+/// decides on the same 24 bytes.
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl Activity {
     pub fn new() -> Self {
@@ -37,7 +50,9 @@ impl Activity {
                 origin: Instant::now(),
                 last_millis: AtomicU64::new(0),
                 in_flight: AtomicUsize::new(0),
+                open_exchanges: AtomicUsize::new(0),
                 head_started_millis: AtomicU64::new(NO_HEAD),
+                http2: AtomicBool::new(false),
             }),
         }
     }
@@ -54,7 +69,9 @@ impl Activity {
 
     fn touch_read(&self) {
         self.touch();
-        if self.inner.in_flight.load(Ordering::Relaxed) == 0 {
+        if self.inner.open_exchanges.load(Ordering::Relaxed) == 0
+            && !self.inner.http2.load(Ordering::Relaxed)
+        {
             let now = self.now_millis();
             let _ = self.inner.head_started_millis.compare_exchange(
                 NO_HEAD,
@@ -78,6 +95,9 @@ impl Activity {
     /// when the client actually begins sending.
     pub async fn head_overdue(&self, limit: Duration) {
         loop {
+            if self.inner.http2.load(Ordering::Relaxed) {
+                return std::future::pending().await;
+            }
             let started = self.inner.head_started_millis.load(Ordering::Relaxed);
             if started == NO_HEAD {
                 tokio::time::sleep(limit).await;
@@ -88,7 +108,7 @@ impl Activity {
                 tokio::time::sleep_until(deadline).await;
                 continue;
             }
-            if self.inner.in_flight.load(Ordering::Relaxed) == 0
+            if self.inner.open_exchanges.load(Ordering::Relaxed) == 0
                 && self.inner.head_started_millis.load(Ordering::Relaxed) == started
             {
                 return;
@@ -97,14 +117,21 @@ impl Activity {
         }
     }
 
-    /// Marks a request as in flight until the guard is dropped.
-    pub fn begin_request(&self) -> InFlight {
+    /// Marks a request as in flight until its response head is out (the first guard's
+    /// drop) and its exchange open until the response body is done (the second's).
+    pub fn begin_request(&self) -> (InFlight, Exchange) {
         self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.inner.open_exchanges.fetch_add(1, Ordering::Relaxed);
         self.reset_head();
         self.touch();
-        InFlight {
-            activity: self.clone(),
-        }
+        (
+            InFlight {
+                activity: self.clone(),
+            },
+            Exchange {
+                activity: self.clone(),
+            },
+        )
     }
 
     /// Resolves once the connection has been idle for `limit`.
@@ -139,15 +166,93 @@ impl Drop for InFlight {
     }
 }
 
+pub struct Exchange {
+    activity: Activity,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.activity
+            .inner
+            .open_exchanges
+            .fetch_sub(1, Ordering::Relaxed);
+        self.activity.touch();
+    }
+}
+
+/// A response body that keeps its exchange open until hyper is done with it (sent whole,
+/// or dropped with the connection).
+pub struct ExchangeBody<B> {
+    body: B,
+    _exchange: Exchange,
+}
+
+impl<B> ExchangeBody<B> {
+    pub fn new(body: B, exchange: Exchange) -> Self {
+        Self {
+            body,
+            _exchange: exchange,
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for ExchangeBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// IO that records activity on every successful read or write.
 pub struct ActivityIo<T> {
     io: T,
     activity: Activity,
+    /// How much of [`HTTP2_PREFACE`] the first bytes matched, while that is undecided.
+    preface_matched: Option<usize>,
 }
 
 impl<T> ActivityIo<T> {
     pub fn new(io: T, activity: Activity) -> Self {
-        Self { io, activity }
+        Self {
+            io,
+            activity,
+            preface_matched: None,
+        }
+    }
+
+    /// For a connection whose protocol hyper will detect (plain TCP): watch the first
+    /// bytes for the HTTP/2 preface. Over TLS, ALPN has already told.
+    pub fn detect_http2(&mut self) {
+        self.preface_matched = Some(0);
+    }
+
+    fn sniff(&mut self, read: &[u8]) {
+        let Some(matched) = self.preface_matched else {
+            return;
+        };
+        let expected = &HTTP2_PREFACE[matched..];
+        let compared = expected.len().min(read.len());
+        if read[..compared] != expected[..compared] {
+            self.preface_matched = None;
+        } else if matched + compared == HTTP2_PREFACE.len() {
+            self.activity.inner.http2.store(true, Ordering::Relaxed);
+            self.preface_matched = None;
+        } else {
+            self.preface_matched = Some(matched + compared);
+        }
     }
 }
 
@@ -160,6 +265,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.sniff(&buf.filled()[before..]);
             self.activity.touch_read();
         }
         result

@@ -34,7 +34,7 @@ use crate::gate::ConnInfo;
 use crate::metrics::Metrics;
 use crate::proxy::UpgradeRelay;
 use crate::reload::{Reloader, Snapshot};
-use activity::{Activity, ActivityIo};
+use activity::{Activity, ActivityIo, ExchangeBody};
 
 pub use tls::acceptor as tls_acceptor;
 
@@ -288,7 +288,7 @@ async fn serve_connection(
     relay: UpgradeRelay,
 ) {
     let activity = Activity::new();
-    let io = ActivityIo::new(stream, activity.clone());
+    let mut io = ActivityIo::new(stream, activity.clone());
     // Only these outlive the accept: a long-lived connection must not keep a replaced
     // snapshot (and its background refreshes) alive.
     let acceptor = snapshot.tls.as_ref().map(|s| s.acceptor.clone());
@@ -304,6 +304,7 @@ async fn serve_connection(
     match acceptor {
         None => {
             let info = ConnInfo::new(peer, false);
+            io.detect_http2();
             serve_http(io, info, conn, relay, Protocol::Detect).await;
         }
         Some(acceptor) => {
@@ -382,7 +383,7 @@ async fn serve_http<IO>(
             // The gate current now: a reload between two requests on one keep-alive
             // connection applies to the second.
             let gate = Arc::clone(&reloader.current().gate);
-            let in_flight = activity.begin_request();
+            let (in_flight, exchange) = activity.begin_request();
             // An upgraded connection outlives this service call; it takes the connection's
             // slot and shutdown tracking with it. Only a request asking to upgrade can
             // become one (and extensions cost an allocation on every other request).
@@ -396,7 +397,7 @@ async fn serve_http<IO>(
             Box::pin(async move {
                 let response = gate.handle(request, &info).await;
                 drop(in_flight);
-                Ok::<_, Infallible>(response)
+                Ok::<_, Infallible>(response.map(|body| ExchangeBody::new(body, exchange)))
             })
         })
     };
