@@ -455,17 +455,20 @@ impl std::fmt::Debug for Credential {
 
 /// RFC 6750 2.1: `Bearer` then one token68 (`A-Z a-z 0-9 - . _ ~ + /`, then `=`s).
 /// `token` is what follows the scheme and its space. Public for the fuzz targets.
-const TOKEN68_BODY: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] =
-            c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
-        b += 1;
-    }
-    table
-};
+fn is_token68_body(b: u8) -> bool {
+    // Non-short-circuit `|` and wrapping range tests: no branch per byte, so the scan below
+    // compiles to vector compares.
+    let letter = (b | 0x20).wrapping_sub(b'a') < 26;
+    let digit = b.wrapping_sub(b'0') < 10;
+    letter
+        | digit
+        | (b == b'-')
+        | (b == b'.')
+        | (b == b'_')
+        | (b == b'~')
+        | (b == b'+')
+        | (b == b'/')
+}
 
 pub fn parse_bearer(token: &[u8]) -> Credential {
     if token.is_empty() {
@@ -475,12 +478,12 @@ pub fn parse_bearer(token: &[u8]) -> Credential {
         return Credential::BadBearer("The Bearer token is too long.");
     }
     let body_end = token.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
-    // A table, not a chain of range tests: tokens run to hundreds of bytes, and this scan
-    // was a fifth of the Bearer path's own instructions.
+    // Tokens run to hundreds of bytes, and a byte-at-a-time scan was a fifth of the Bearer
+    // path's own instructions: chunks folded without an early exit vectorize.
     let token68 = body_end > 0
         && token[..body_end]
-            .iter()
-            .all(|&b| TOKEN68_BODY[usize::from(b)]);
+            .chunks(64)
+            .all(|chunk| chunk.iter().fold(true, |ok, &b| ok & is_token68_body(b)));
     if !token68 {
         return Credential::BadBearer("The Bearer token has characters a token cannot have.");
     }
@@ -541,6 +544,14 @@ mod tests {
         for byte in 0..=255u8 {
             let allowed = byte.is_ascii_alphanumeric() || b"-._~+/".contains(&byte);
             assert_eq!(ok(&[b'a', byte, b'a']), allowed, "byte {byte:#04x}");
+        }
+        // Long tokens are checked in chunks: a bad byte in any of them counts.
+        let mut long = vec![b'a'; 300];
+        assert!(ok(&long));
+        for at in [0, 63, 64, 150, 299] {
+            long[at] = b'!';
+            assert!(!ok(&long), "bad byte at {at}");
+            long[at] = b'a';
         }
         // `=` only as trailing padding, and never the whole token.
         assert!(ok(b"ab=="));
