@@ -452,12 +452,9 @@ fn run(path: &Path) -> ExitCode {
                 .await;
             }
         });
-        // available_parallelism honours the CPU quota of a container's cgroup.
-        let threads = config
-            .server
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        server.run_on_workers(shutdown, threads).await;
+        server
+            .run_on_workers(shutdown, config.server.worker_threads())
+            .await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })

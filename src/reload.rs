@@ -49,7 +49,8 @@ pub struct Snapshot {
 struct Bound {
     listen: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
-    workers: Option<usize>,
+    /// Resolved, so spelling out the default is no change.
+    workers: usize,
     max_connections: usize,
     log_format: LogFormat,
 }
@@ -59,7 +60,7 @@ impl Bound {
         Bound {
             listen: config.server.listen.clone(),
             admin: config.admin.as_ref().map(|a| a.listen),
-            workers: config.server.workers,
+            workers: config.server.worker_threads(),
             max_connections: config.server.limits.max_connections,
             log_format: config.log.format,
         }
@@ -430,5 +431,30 @@ mod tests {
         // Written after the digest was taken but (as far as anyone knows) before the read.
         std::fs::write(&path, format!("{text}# edited\n")).unwrap();
         assert_eq!(Files::of(&config, Some(&before)).digest, None);
+    }
+
+    #[test]
+    fn a_changed_worker_count_is_named_as_waiting_for_a_restart() {
+        let bound = |server: &str| {
+            let text = format!(
+                "[server]\nlisten = [\"127.0.0.1:0\"]\n{server}\n\
+                 [[route]]\npath = \"/\"\nupstream = \"builtin:echo\"\nauth = \"public\"\n"
+            );
+            Bound::of(&Config::parse(Path::new("sallyport.toml"), &text).unwrap())
+        };
+        let two = bound("workers = 2");
+        assert_eq!(two.changed_keys(&bound("workers = 4")), ["server.workers"]);
+        assert_eq!(two.changed_keys(&bound("workers = 2")), Vec::<&str>::new());
+        // The default is one per CPU: writing that number out changes nothing.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let default = bound("");
+        assert_eq!(
+            default.changed_keys(&bound(&format!("workers = {cpus}"))),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            default.changed_keys(&bound(&format!("workers = {}", cpus + 1))),
+            ["server.workers"]
+        );
     }
 }

@@ -188,6 +188,15 @@ pub struct BasicConfig {
 /// More serving threads than this is a typo, not a machine.
 const MAX_WORKERS: u64 = 1024;
 
+impl Server {
+    /// How many threads serve connections: `workers`, or one per CPU the process may use
+    /// (`available_parallelism` honours a container's cgroup CPU quota).
+    pub fn worker_threads(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
 #[derive(Debug)]
 pub struct Server {
     pub listen: Vec<SocketAddr>,
