@@ -410,3 +410,96 @@ async fn a_request_pipelined_during_a_long_download_does_not_cut_it() {
     // Both bodies (the heads add a few more x's: `x-request-id`).
     assert!(head.iter().filter(|&&b| b == b'x').count() >= 2 * SLOW_CHUNK * SLOW_CHUNKS);
 }
+
+/// How long a connection of an HTTP/2 client that PINGs every 5 s while idle (gRPC
+/// keepalive, hyper's `keep_alive_while_idle`) lasts after its one request.
+async fn lifetime_of_a_pinging_http2_client<T>(io: T, uri: String) -> Duration
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            // The paused clock can jump past a PONG in flight; the test is about the
+            // server, not the client giving up on it.
+            .keep_alive_timeout(Duration::from_secs(3600))
+            .handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .unwrap();
+    let driver = tokio::spawn(connection);
+    let request = hyper::Request::get(uri)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
+    let started = Instant::now();
+    let _ = tokio::time::timeout(Duration::from_secs(600), driver)
+        .await
+        .expect("its PINGs kept the connection open");
+    started.elapsed()
+}
+
+#[tokio::test(start_paused = true)]
+async fn http2_connections_kept_up_only_by_pings_are_closed_after_idle() {
+    let pki = Pki::new();
+    let idle = "[server.timeouts]\nidle = \"30s\"";
+    let tls_proxy = proxy_with(&pki, "builtin:echo", idle).await;
+    let tls = pki
+        .raw_tls_with(tls_proxy.addr, pki.client_config(&[b"h2"]))
+        .await;
+    let over_tls = lifetime_of_a_pinging_http2_client(tls, url(tls_proxy.addr, "/")).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let plain = format!(
+        "{}{}",
+        server_section(idle),
+        public_route("/", "builtin:echo")
+    );
+    let plain_proxy = Proxy::start(dir.path(), &plain).await;
+    let tcp = tokio::net::TcpStream::connect(plain_proxy.addr)
+        .await
+        .unwrap();
+    let cleartext =
+        lifetime_of_a_pinging_http2_client(tcp, format!("http://{}/", plain_proxy.addr)).await;
+
+    for (how, lasted) in [("over TLS", over_tls), ("h2c", cleartext)] {
+        assert!(
+            lasted >= Duration::from_secs(30) && lasted < Duration::from_secs(90),
+            "{how}: closed {lasted:?} after its last request"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partial_head_pipelined_during_a_download_is_cut_at_header_read() {
+    let upstream = spawn_slow_download_upstream().await;
+    let (proxy, _dir) = plain_proxy_to(upstream).await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(b"GET /first HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buf = [0u8; 1024];
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the response head");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let started = Instant::now();
+    // Half of the next head while the download streams, then nothing.
+    tcp.write_all(b"GET /second HTTP/1.1\r\nHost: loc")
+        .await
+        .unwrap();
+    got.extend(read_until_closed(&mut tcp).await);
+    let waited = started.elapsed();
+    assert!(
+        got.iter().filter(|&&b| b == b'x').count() >= SLOW_CHUNK * SLOW_CHUNKS,
+        "the download was cut"
+    );
+    // 8 s of download, then header_read (2 s), not idle (60 s).
+    assert!(
+        waited >= Duration::from_secs(8) && waited < Duration::from_secs(20),
+        "closed after {waited:?}"
+    );
+}

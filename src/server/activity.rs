@@ -33,8 +33,13 @@ struct Inner {
     /// ([`NO_HEAD`] when none is arriving).
     head_started_millis: AtomicU64,
     /// The client spoke HTTP/2, whose frames (PING, WINDOW_UPDATE, SETTINGS) arrive
-    /// between and during requests and are no request head: `header_read` does not apply.
+    /// between and during requests and are no request head: `header_read` does not apply,
+    /// and between requests those frames are not activity either (as in Go's server):
+    /// otherwise a PING now and then would hold a connection, and its slot, for ever.
     http2: AtomicBool,
+    /// HTTP/1 bytes arrived while a response was still being sent: the next request,
+    /// pipelined. Once that response is done they are a head in progress.
+    read_during_exchange: AtomicBool,
 }
 
 const NO_HEAD: u64 = u64::MAX;
@@ -53,6 +58,7 @@ impl Activity {
                 open_exchanges: AtomicUsize::new(0),
                 head_started_millis: AtomicU64::new(NO_HEAD),
                 http2: AtomicBool::new(false),
+                read_during_exchange: AtomicBool::new(false),
             }),
         }
     }
@@ -61,25 +67,51 @@ impl Activity {
         u64::try_from(self.inner.origin.elapsed().as_millis()).unwrap_or(NO_HEAD - 1)
     }
 
-    fn touch(&self) {
+    /// Something happened on the connection: a request began or ended, or it started to
+    /// close.
+    pub fn touch(&self) {
         self.inner
             .last_millis
             .store(self.now_millis(), Ordering::Relaxed);
     }
 
-    fn touch_read(&self) {
-        self.touch();
-        if self.inner.open_exchanges.load(Ordering::Relaxed) == 0
-            && !self.inner.http2.load(Ordering::Relaxed)
-        {
-            let now = self.now_millis();
-            let _ = self.inner.head_started_millis.compare_exchange(
-                NO_HEAD,
-                now,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+    /// Bytes moved on the connection.
+    fn touch_io(&self) {
+        let exchanges = self.inner.open_exchanges.load(Ordering::Relaxed);
+        if exchanges > 0 || !self.inner.http2.load(Ordering::Relaxed) {
+            self.touch();
         }
+    }
+
+    fn touch_read(&self) {
+        self.touch_io();
+        if self.inner.http2.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.inner.open_exchanges.load(Ordering::Relaxed) == 0 {
+            self.start_head();
+        } else {
+            self.inner
+                .read_during_exchange
+                .store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A request head is arriving from now, unless one already was.
+    fn start_head(&self) {
+        let now = self.now_millis();
+        let _ = self.inner.head_started_millis.compare_exchange(
+            NO_HEAD,
+            now,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The connection speaks HTTP/2: ALPN chose h2, or a plain connection began with the
+    /// preface (see `http2`).
+    pub fn serving_http2(&self) {
+        self.inner.http2.store(true, Ordering::Relaxed);
     }
 
     /// Forgets bytes read so far (the TLS handshake's) as the start of a request head.
@@ -122,6 +154,10 @@ impl Activity {
     pub fn begin_request(&self) -> (InFlight, Exchange) {
         self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
         self.inner.open_exchanges.fetch_add(1, Ordering::Relaxed);
+        // Whatever was read ahead was this request's head.
+        self.inner
+            .read_during_exchange
+            .store(false, Ordering::Relaxed);
         self.reset_head();
         self.touch();
         (
@@ -172,11 +208,14 @@ pub struct Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        self.activity
-            .inner
-            .open_exchanges
-            .fetch_sub(1, Ordering::Relaxed);
+        let inner = &self.activity.inner;
+        let last = inner.open_exchanges.fetch_sub(1, Ordering::Relaxed) == 1;
         self.activity.touch();
+        // A pipelined head, whole or not: if whole, the next request begins at once and
+        // resets the clock; if not, `header_read` bounds the rest of it.
+        if last && inner.read_during_exchange.swap(false, Ordering::Relaxed) {
+            self.activity.start_head();
+        }
     }
 }
 
@@ -248,7 +287,7 @@ impl<T> ActivityIo<T> {
         if read[..compared] != expected[..compared] {
             self.preface_matched = None;
         } else if matched + compared == HTTP2_PREFACE.len() {
-            self.activity.inner.http2.store(true, Ordering::Relaxed);
+            self.activity.serving_http2();
             self.preface_matched = None;
         } else {
             self.preface_matched = Some(matched + compared);
@@ -280,7 +319,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.io).poll_write(cx, buf);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.touch_io();
         }
         result
     }
@@ -292,7 +331,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.touch_io();
         }
         result
     }

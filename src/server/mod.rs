@@ -327,6 +327,7 @@ async fn serve_connection(
             // Over TLS, ALPN has settled the protocol (RFC 9113 3.2: h2 over TLS is always
             // negotiated), so hyper need not sniff the first bytes for a preface.
             let protocol = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                activity.serving_http2();
                 Protocol::Http2
             } else {
                 Protocol::Http1
@@ -499,6 +500,8 @@ impl Lifetime<'_> {
                 () = stop.cancelled(), if !draining => {
                     graceful_shutdown(connection.as_mut());
                     draining = true;
+                    // The polite close gets a full `idle` before the connection is dropped.
+                    activity.touch();
                 }
                 () = activity.head_overdue(timeouts.header_read), if head_deadline => {
                     tracing::debug!(peer = %info.peer, "request head not complete within header_read; closing");
@@ -511,6 +514,7 @@ impl Lifetime<'_> {
                     }
                     graceful_shutdown(connection.as_mut());
                     draining = true;
+                    activity.touch();
                 }
             }
         }
