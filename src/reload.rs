@@ -49,8 +49,8 @@ pub struct Snapshot {
 struct Bound {
     listen: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
-    /// Resolved, so spelling out the default is no change.
-    workers: usize,
+    /// As configured (`None`: one per CPU), and resolved when this config was loaded.
+    workers: (Option<usize>, usize),
     max_connections: usize,
     log_format: LogFormat,
 }
@@ -60,7 +60,7 @@ impl Bound {
         Bound {
             listen: config.server.listen.clone(),
             admin: config.admin.as_ref().map(|a| a.listen),
-            workers: config.server.worker_threads(),
+            workers: (config.server.workers, config.server.worker_threads()),
             max_connections: config.server.limits.max_connections,
             log_format: config.log.format,
         }
@@ -75,7 +75,14 @@ impl Bound {
         if self.admin != new.admin {
             keys.push("admin.listen");
         }
-        if self.workers != new.workers {
+        let workers_changed = match (self.workers, new.workers) {
+            // Both "one per CPU": what the process started with stands, even if its CPU
+            // quota changed since.
+            ((None, _), (None, _)) => false,
+            // Otherwise compare counts, so spelling out the default is no change.
+            ((_, running), (_, wanted)) => running != wanted,
+        };
+        if workers_changed {
             keys.push("server.workers");
         }
         if self.max_connections != new.max_connections {

@@ -453,11 +453,10 @@ impl std::fmt::Debug for Credential {
     }
 }
 
-/// RFC 6750 2.1: `Bearer` then one token68 (`A-Z a-z 0-9 - . _ ~ + /`, then `=`s).
-/// `token` is what follows the scheme and its space. Public for the fuzz targets.
+/// A byte of a token68 before its `=` padding: `A-Z a-z 0-9 - . _ ~ + /`.
 fn is_token68_body(b: u8) -> bool {
-    // Non-short-circuit `|` and wrapping range tests: no branch per byte, so the scan below
-    // compiles to vector compares.
+    // Non-short-circuit `|` and wrapping range tests: no branch per byte, so the scan in
+    // `parse_bearer` compiles to vector compares.
     let letter = (b | 0x20).wrapping_sub(b'a') < 26;
     let digit = b.wrapping_sub(b'0') < 10;
     letter
@@ -470,6 +469,8 @@ fn is_token68_body(b: u8) -> bool {
         | (b == b'/')
 }
 
+/// RFC 6750 2.1: `Bearer` then one token68 (`A-Z a-z 0-9 - . _ ~ + /`, then `=`s).
+/// `token` is what follows the scheme and its space. Public for the fuzz targets.
 pub fn parse_bearer(token: &[u8]) -> Credential {
     if token.is_empty() {
         return Credential::BadBearer("The Bearer token is missing.");
