@@ -356,6 +356,22 @@ async fn plain_proxy_to(upstream: std::net::SocketAddr) -> (Proxy, tempfile::Tem
     (Proxy::start(dir.path(), &config).await, dir)
 }
 
+/// Over HTTP/1.1: asks for the slow download and reads until its response head is in.
+async fn start_slow_download(proxy: std::net::SocketAddr) -> (tokio::net::TcpStream, Vec<u8>) {
+    let mut tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    tcp.write_all(b"GET /first HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buf = [0u8; 1024];
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the response head");
+        got.extend_from_slice(&buf[..n]);
+    }
+    (tcp, got)
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_h2c_download_outlasting_header_read_is_not_cut() {
     let upstream = spawn_slow_download_upstream().await;
@@ -384,17 +400,7 @@ async fn an_h2c_download_outlasting_header_read_is_not_cut() {
 async fn a_request_pipelined_during_a_long_download_does_not_cut_it() {
     let upstream = spawn_slow_download_upstream().await;
     let (proxy, _dir) = plain_proxy_to(upstream).await;
-    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    tcp.write_all(b"GET /first HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let mut buf = [0u8; 1024];
-        let n = tcp.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed before the response head");
-        head.extend_from_slice(&buf[..n]);
-    }
+    let (mut tcp, mut head) = start_slow_download(proxy.addr).await;
     // The next request, while the first response is still streaming.
     tcp.write_all(b"GET /second HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
@@ -475,17 +481,7 @@ async fn http2_connections_kept_up_only_by_pings_are_closed_after_idle() {
 async fn a_partial_head_pipelined_during_a_download_is_cut_at_header_read() {
     let upstream = spawn_slow_download_upstream().await;
     let (proxy, _dir) = plain_proxy_to(upstream).await;
-    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    tcp.write_all(b"GET /first HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        let mut buf = [0u8; 1024];
-        let n = tcp.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed before the response head");
-        got.extend_from_slice(&buf[..n]);
-    }
+    let (mut tcp, mut got) = start_slow_download(proxy.addr).await;
     let started = Instant::now();
     // Half of the next head while the download streams, then nothing.
     tcp.write_all(b"GET /second HTTP/1.1\r\nHost: loc")
