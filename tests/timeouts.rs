@@ -499,3 +499,41 @@ async fn a_partial_head_pipelined_during_a_download_is_cut_at_header_read() {
         "closed after {waited:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_keep_alive_connection_after_an_upload_waits_for_idle_not_header_read() {
+    use http_body_util::BodyExt;
+    let upstream = spawn_upstream(|req: hyper::Request<hyper::body::Incoming>| async move {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        hyper::Response::new(full(format!("got {}", body.len())))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}{}",
+        server_section("[server.timeouts]\nheader_read = \"2s\"\nidle = \"20s\""),
+        public_route("/", &format!("http://{upstream}"))
+    );
+    let proxy = Proxy::start(dir.path(), &config).await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(b"POST /up HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\n")
+        .await
+        .unwrap();
+    // The body after the head has been taken in: read while its request is in flight.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tcp.write_all(b"hello").await.unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"got 5") {
+        let mut buf = [0u8; 1024];
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the response: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let answered = Instant::now();
+    assert!(read_until_closed(&mut tcp).await.is_empty());
+    let kept = answered.elapsed();
+    assert!(
+        kept >= Duration::from_secs(20) && kept < Duration::from_secs(60),
+        "an idle keep-alive connection closed after {kept:?}, not idle (20 s)"
+    );
+}

@@ -37,7 +37,7 @@ struct Inner {
     /// and between requests those frames are not activity either (as in Go's server):
     /// otherwise a PING now and then would hold a connection, and its slot, for ever.
     http2: AtomicBool,
-    /// HTTP/1 bytes arrived while a response was still being sent: the next request,
+    /// HTTP/1 bytes arrived while a response body was still being sent: the next request,
     /// pipelined. Once that response is done they are a head in progress.
     read_during_exchange: AtomicBool,
 }
@@ -90,7 +90,9 @@ impl Activity {
         }
         if self.inner.open_exchanges.load(Ordering::Relaxed) == 0 {
             self.start_head();
-        } else {
+        } else if self.inner.in_flight.load(Ordering::Relaxed) == 0 {
+            // After the response head: the next request, not this one's body (which the
+            // upstream reads before it answers).
             self.inner
                 .read_during_exchange
                 .store(true, Ordering::Relaxed);
